@@ -1,0 +1,43 @@
+# The README's two commands: `make run` (the demo, no Redis needed) and `make test`.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-dev.txt | cksum | cut -d' ' -f1)
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test test-fast lint typecheck docs bench clean
+
+$(STAMP): setup.py requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e . -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/gunicorn -k gevent -w 1 --worker-connections 10000 -b $(HOST):$(PORT) \
+		--graceful-timeout 2 'example_app:create_app()'
+
+test: $(STAMP) lint typecheck docs
+	node --test tests/js/
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -x -m "not browser and not cluster" --timeout=120
+
+lint: $(STAMP)
+	$(BIN)/ruff check flask_jpulse_ws tests example_app benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/sphinx-build -q -W -b html docs docs/_build/html
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,145 @@
+"""The bridge to flask-login and the request: origin, client IP, context, tokens.
+
+flask-login is optional: without a ``LoginManager`` every client is anonymous and
+``require_auth`` namespaces refuse everyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit
+
+from .context import Context, initials_of
+
+__all__ = ["origin_check", "client_ip", "context_from_user", "SESSION_TOKEN_KEY",
+           "session_token", "ensure_session_token", "reload_user", "identity_of"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+#: Flask session key of the random token that names one browser login session.
+SESSION_TOKEN_KEY = "_jpulse_ws_token"
+
+_DEFAULT_PORTS = {"http": "80", "https": "443", "ws": "80", "wss": "443"}
+
+
+def _norm_origin(scheme: str, netloc: str) -> str:
+    scheme = scheme.lower()
+    netloc = netloc.lower()
+    host, sep, port = netloc.rpartition(":")
+    if sep and "]" not in port and port == _DEFAULT_PORTS.get(scheme):
+        netloc = host
+    return f"{scheme}://{netloc}"
+
+
+def expected_origin(environ: Mapping[str, Any], trusted_proxies: int) -> str:
+    """The page origin a same-origin browser would send, proxy-aware."""
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+    if trusted_proxies > 0:
+        fwd_proto = _last_forwarded(environ.get("HTTP_X_FORWARDED_PROTO"), trusted_proxies)
+        fwd_host = _last_forwarded(environ.get("HTTP_X_FORWARDED_HOST"), trusted_proxies)
+        scheme = fwd_proto or scheme
+        host = fwd_host or host
+    return _norm_origin({"ws": "http", "wss": "https"}.get(scheme, scheme), host)
+
+
+def origin_check(environ: Mapping[str, Any], allowed: Union[None, str, Tuple[str, ...]],
+                 trusted_proxies: int) -> Tuple[bool, str]:
+    """(allowed?, what was expected). No Origin header (not a browser) is allowed."""
+    origin = environ.get("HTTP_ORIGIN")
+    if allowed == "*":
+        return True, "*"
+    if not origin:
+        return True, ""
+    parts = urlsplit(origin.strip())
+    given = _norm_origin(parts.scheme, parts.netloc) if parts.scheme else origin.lower()
+    if allowed is None:
+        expected = expected_origin(environ, trusted_proxies)
+        return given == expected, expected
+    normalised = {_norm_origin(*urlsplit(o)[:2]) if "://" in o else o for o in allowed}
+    return given in normalised, ", ".join(sorted(normalised))
+
+
+def _last_forwarded(value: Optional[str], trusted: int) -> Optional[str]:
+    if not value:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items[-trusted] if len(items) >= trusted else None
+
+
+def client_ip(environ: Mapping[str, Any], trusted_proxies: int) -> str:
+    """The peer address; ``X-Forwarded-For`` counts only behind trusted proxies.
+
+    With N trusted proxies the client is the Nth entry from the right: entries
+    further left were written by the client itself and can be forged.
+    """
+    remote = str(environ.get("REMOTE_ADDR") or "")
+    if trusted_proxies > 0:
+        forwarded = _last_forwarded(environ.get("HTTP_X_FORWARDED_FOR"), trusted_proxies)
+        if forwarded:
+            remote = forwarded
+    return remote[7:] if remote.startswith("::ffff:") else remote
+
+
+def _current_user() -> Any:
+    try:
+        from flask import current_app
+        if getattr(current_app, "login_manager", None) is None:
+            return None
+        from flask_login import current_user
+        return current_user._get_current_object()
+    except Exception:  # pragma: no cover - flask-login missing or misconfigured
+        log.exception("could not read flask-login's current_user")
+        return None
+
+
+def context_from_user(user: Any, ip: str) -> Context:
+    """A :class:`Context` from a flask-login user (or ``None`` / anonymous)."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return Context(ip=ip)
+    user_id = str(user.get_id())
+    username = str(getattr(user, "username", None) or user_id)
+    first = str(getattr(user, "first_name", "") or "")
+    last = str(getattr(user, "last_name", "") or "")
+    roles = getattr(user, "roles", ()) or ()
+    if isinstance(roles, str):
+        roles = (roles,)
+    return Context(username=username, ip=ip, roles=tuple(str(r) for r in roles),
+                   first_name=first, last_name=last,
+                   initials=str(getattr(user, "initials", "") or initials_of(first, last,
+                                                                          username)),
+                   user_id=user_id)
+
+
+def current_context(ip: str) -> Context:
+    return context_from_user(_current_user(), ip)
+
+
+def session_token() -> Optional[str]:
+    from flask import session
+    token = session.get(SESSION_TOKEN_KEY)
+    return token if isinstance(token, str) else None
+
+
+def ensure_session_token(*_args: Any, **_kwargs: Any) -> None:
+    """Signal receiver (``user_logged_in``): name this browser session."""
+    from flask import session
+    session[SESSION_TOKEN_KEY] = secrets.token_urlsafe(16)
+
+
+def identity_of(ctx: Context, token: Optional[str], user_agent: str) -> tuple:
+    """Who owns a client id: (user id, session token), or (IP, User-Agent) if anonymous."""
+    if ctx.user_id is not None:
+        return ("user", ctx.user_id, token)
+    return ("anon", ctx.ip, user_agent)
+
+
+def reload_user(app: Any, user_id: str) -> Any:
+    """Load a user again through flask-login's user loader (None when gone)."""
+    manager = getattr(app, "login_manager", None)
+    loader = getattr(manager, "_user_callback", None)
+    if loader is None:
+        return None
+    return loader(user_id)

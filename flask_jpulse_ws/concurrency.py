@@ -1,0 +1,113 @@
+"""The only module that touches gevent: spawn, sleep, events, locks, raw sockets.
+
+Under a gevent server (``gunicorn -k gevent``) everything is a greenlet; under a
+threaded server (``flask run``) the same calls fall back to threads. The choice
+is made once, at first use, from whether ``socket`` is monkey-patched.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any, Callable, Optional
+
+__all__ = ["using_gevent", "spawn", "spawn_later", "sleep", "Event", "Lock",
+           "nonblocking_send", "AsyncResult", "monotonic"]
+
+_gevent: Optional[bool] = None
+monotonic = time.monotonic
+
+
+def using_gevent() -> bool:
+    """True when the process runs gevent with a monkey-patched ``socket``."""
+    global _gevent
+    if _gevent is None:
+        try:
+            from gevent import monkey
+            _gevent = bool(monkey.is_module_patched("socket"))
+        except ImportError:  # pragma: no cover - gevent is a dependency
+            _gevent = False
+    return _gevent
+
+
+def spawn(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` concurrently: a greenlet, or a daemon thread."""
+    if using_gevent():
+        import gevent
+        return gevent.spawn(fn, *args)
+    t = threading.Thread(target=fn, args=args, daemon=True)
+    t.start()
+    return t
+
+
+def spawn_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` after ``seconds``; returns something with ``.cancel()``."""
+    if using_gevent():
+        import gevent
+        g = gevent.spawn_later(seconds, fn, *args)
+        g.cancel = g.kill  # same verb as threading.Timer
+        return g
+    t = threading.Timer(seconds, fn, args=args)
+    t.daemon = True
+    t.start()
+    return t
+
+
+def sleep(seconds: float) -> None:
+    if using_gevent():
+        import gevent
+        gevent.sleep(seconds)
+    else:
+        time.sleep(seconds)
+
+
+def Event() -> Any:  # noqa: N802 - a factory standing in for a class
+    if using_gevent():
+        from gevent.event import Event as GEvent
+        return GEvent()
+    return threading.Event()
+
+
+def Lock() -> Any:  # noqa: N802
+    if using_gevent():
+        from gevent.lock import Semaphore
+        return Semaphore()
+    return threading.Lock()
+
+
+class AsyncResult:
+    """A value set once by one side and awaited, with a timeout, by another."""
+
+    def __init__(self) -> None:
+        self._event = Event()
+        self.value: Any = None
+
+    def set(self, value: Any) -> bool:
+        if self._event.is_set():
+            return False
+        self.value = value
+        self._event.set()
+        return True
+
+    def wait(self, timeout: Optional[float]) -> bool:
+        return bool(self._event.wait(timeout))
+
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def nonblocking_send(sock: Any, data: Any) -> int:
+    """Send what the kernel takes now, without waiting; return the byte count.
+
+    Under gevent the real socket behind the cooperative one is already
+    non-blocking; under threads ``MSG_DONTWAIT`` makes one call non-blocking.
+    Raises ``OSError`` when the connection is gone.
+    """
+    raw = getattr(sock, "_sock", None) if using_gevent() else None
+    try:
+        if raw is not None:
+            return int(raw.send(data))
+        return int(sock.send(data, _DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return 0

@@ -1,0 +1,136 @@
+"""Documented defaults for every ``JPULSE_WS_*`` setting, and ``load(app)``.
+
+Settings are read once in ``init_app`` into a frozen :class:`Settings`; changing
+``app.config`` afterwards has no effect (the hot path never reads a dict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
+
+__all__ = ["Settings", "DEFAULTS", "load"]
+
+#: Seconds between protocol pings; under 60 keeps idle proxies from cutting the socket.
+PING_INTERVAL = 30.0
+#: Seconds a pong may take after a ping before the peer is declared dead.
+PONG_TIMEOUT = 10.0
+#: Largest application message in bytes (``maxSize``); bigger ones get MESSAGE_TOO_LARGE.
+MAX_MESSAGE_SIZE = 65536
+#: Rate window in milliseconds (``interval``).
+RATE_INTERVAL = 1000
+#: Accepted messages per connection per window (``maxMessages``).
+RATE_MAX_MESSAGES = 50
+#: Largest WebSocket message before reassembly stops and the socket closes 1009.
+MAX_FRAME_SIZE = 1024 * 1024
+#: Outbound bytes one connection may have waiting; more means a slow consumer (4503).
+MAX_QUEUE_BYTES = 1024 * 1024
+#: ``None`` means same origin as the Host header; a list of origins, or ``"*"``.
+ALLOWED_ORIGINS: Union[None, str, Sequence[str]] = None
+#: Public access lets anonymous visitors into whitelisted namespaces.
+PUBLIC_ACCESS = False
+#: Whitelist entries: ``hello-*`` (prefix) or ``jpulse-ws-status`` (exact remainder).
+PUBLIC_WHITELIST: Sequence[str] = ()
+#: Context fields other clients may see; never the IP or roles by default.
+WIRE_CTX_FIELDS: Sequence[str] = ("username",)
+#: Seconds idle before a namespace turns yellow.
+STATUS_WARNING = 300.0
+#: Seconds idle before a namespace turns red.
+STATUS_INACTIVE = 1800.0
+#: Seconds of history the activity log keeps.
+ACTIVITY_WINDOW = 300.0
+#: Entries the activity log keeps at most, whatever the window.
+ACTIVITY_MAX = 1000
+#: Characters of a message kept in an activity log entry.
+ACTIVITY_MESSAGE_CHARS = 500
+#: Live namespaces at most; room paths beyond it are refused (4529).
+MAX_NAMESPACES = 10000
+#: Seconds an empty dynamic namespace lives before it is removed.
+DYNAMIC_GRACE = 60.0
+#: Open connections from one IP address; further ones close 4529.
+MAX_CONNECTIONS_PER_IP = 1000
+#: Open connections in one process; further ones close 4529.
+MAX_CONNECTIONS = 50000
+#: Reverse proxies in front of us whose ``X-Forwarded-For`` entries are trusted.
+TRUSTED_PROXIES = 0
+#: Limit violations within ``ABUSE_WINDOW`` seconds that close a connection 1008.
+ABUSE_THRESHOLD = 100
+#: Seconds over which limit violations are counted.
+ABUSE_WINDOW = 10.0
+#: Seconds a closing socket waits for the peer's close frame before it is cut.
+CLOSE_TIMEOUT = 2.0
+#: Redis URL of the cross-process relay; ``None`` keeps everything in this process.
+REDIS_URL: Optional[str] = None
+#: Prefix of every Redis key and channel; keeps apps sharing one Redis apart.
+CHANNEL_PREFIX = "jpulse-ws"
+#: URL of the opt-in admin dashboard.
+ADMIN_URL = "/admin/websocket-stats"
+#: Roles allowed to see the admin dashboard.
+ADMIN_ROLES: Sequence[str] = ("admin", "root")
+#: Send the Python traceback text to clients on handler errors (never in production).
+DEBUG_ERRORS = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the extension reads, resolved once per app."""
+
+    ping_interval: float = PING_INTERVAL
+    pong_timeout: float = PONG_TIMEOUT
+    max_message_size: int = MAX_MESSAGE_SIZE
+    rate_interval: int = RATE_INTERVAL
+    rate_max_messages: int = RATE_MAX_MESSAGES
+    max_frame_size: int = MAX_FRAME_SIZE
+    max_queue_bytes: int = MAX_QUEUE_BYTES
+    allowed_origins: Union[None, str, Tuple[str, ...]] = ALLOWED_ORIGINS
+    public_access: bool = PUBLIC_ACCESS
+    public_whitelist: Tuple[str, ...] = tuple(PUBLIC_WHITELIST)
+    wire_ctx_fields: Tuple[str, ...] = tuple(WIRE_CTX_FIELDS)
+    status_warning: float = STATUS_WARNING
+    status_inactive: float = STATUS_INACTIVE
+    activity_window: float = ACTIVITY_WINDOW
+    activity_max: int = ACTIVITY_MAX
+    activity_message_chars: int = ACTIVITY_MESSAGE_CHARS
+    max_namespaces: int = MAX_NAMESPACES
+    dynamic_grace: float = DYNAMIC_GRACE
+    max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP
+    max_connections: int = MAX_CONNECTIONS
+    trusted_proxies: int = TRUSTED_PROXIES
+    abuse_threshold: int = ABUSE_THRESHOLD
+    abuse_window: float = ABUSE_WINDOW
+    close_timeout: float = CLOSE_TIMEOUT
+    redis_url: Optional[str] = REDIS_URL
+    channel_prefix: str = CHANNEL_PREFIX
+    admin_url: str = ADMIN_URL
+    admin_roles: Tuple[str, ...] = tuple(ADMIN_ROLES)
+    debug_errors: bool = DEBUG_ERRORS
+
+
+#: ``JPULSE_WS_<NAME>`` -> default, for every field of :class:`Settings`.
+DEFAULTS = {"JPULSE_WS_" + f.name.upper(): f.default for f in fields(Settings)}
+
+_TUPLE_FIELDS = {"public_whitelist", "wire_ctx_fields", "admin_roles"}
+
+
+def load(config: Mapping[str, Any]) -> Settings:
+    """Build :class:`Settings` from a Flask config mapping, validating as it goes.
+
+    :param config: ``app.config`` (after ``setdefault`` of :data:`DEFAULTS`).
+    """
+    values = {}
+    for f in fields(Settings):
+        value = config.get("JPULSE_WS_" + f.name.upper(), f.default)
+        if f.name in _TUPLE_FIELDS:
+            value = tuple(value or ())
+        elif f.name == "allowed_origins" and value not in (None, "*"):
+            if isinstance(value, str):
+                value = (value,)
+            value = tuple(o.rstrip("/").lower() for o in value)
+        values[f.name] = value
+    settings = Settings(**values)
+    for name in ("ping_interval", "pong_timeout", "max_message_size", "rate_interval",
+                 "rate_max_messages", "max_frame_size", "max_queue_bytes", "max_namespaces"):
+        if getattr(settings, name) <= 0:
+            raise ValueError(f"JPULSE_WS_{name.upper()} must be positive, "
+                             f"got {getattr(settings, name)!r}")
+    return settings

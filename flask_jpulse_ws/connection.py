@@ -1,0 +1,351 @@
+"""One accepted WebSocket: outbound buffer and writer, close handshake, reader loop.
+
+Outbound frames are written straight to the socket when the kernel takes them
+(no greenlet switch, no copy); only what does not fit is queued, and a writer is
+started for as long as the queue is not empty. A queue over
+``JPULSE_WS_MAX_QUEUE_BYTES`` marks a slow consumer: it is closed 4503 and never
+holds anyone else up. Every frame goes through this one path, so frames never
+interleave and partial writes are always completed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import time
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Union
+
+from . import concurrency, envelope, frames
+from .context import Context
+from .errors import CloseCode, ErrorCode
+from .limits import AbuseCounter, RateWindow
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .namespace import Namespace
+
+__all__ = ["Connection"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+_NO_LOCK = contextlib.nullcontext()
+_RECV_BYTES = 65536
+
+
+class Connection:
+    """A client connection, as handlers see it (``conn``).
+
+    :ivar client_id: the connection's id in its namespace (a UUID string).
+    :ivar ctx: the :class:`Context` snapshot taken at the handshake.
+    :ivar namespace: the concrete :class:`Namespace` the connection is in.
+    :ivar message: the message being handled (``on_message`` only).
+    """
+
+    def __init__(self, sock: Any, namespace: "Namespace", client_id: str, ctx: Context,
+                 identity: tuple, session_token: Optional[str]) -> None:
+        settings = namespace.state.settings
+        self.sock = sock
+        self.namespace = namespace
+        self.client_id = client_id
+        self.ctx = ctx
+        self.identity = identity
+        self.session_token = session_token
+        self.message: Optional[Dict[str, Any]] = None
+        self.connected_at = time.time()
+        self.open = True
+        self.close_code: Optional[int] = None
+        self.presence_info: Dict[str, Any] = {}
+        # Outbound: None while the socket takes everything we write.
+        self._queue: Optional[Deque[Any]] = None
+        self._queued = 0
+        self._head_partial = False
+        self._max_queue = settings.max_queue_bytes
+        self._lock: Any = _NO_LOCK if concurrency.using_gevent() else concurrency.Lock()
+        self._close_sent = False
+        self._shutdown_when_flushed = False
+        self._cut_timer: Any = None
+        self._close_timeout = settings.close_timeout
+        # Health: the scheduler pings when due and cuts a peer whose pong is late.
+        self.ping_sent_at: Optional[float] = None
+        self.next_ping_at = concurrency.monotonic() + settings.ping_interval
+        # Limits and request/reply state, created on first use to keep idle sockets small.
+        self._rate: Optional[RateWindow] = None
+        self._abuse: Optional[AbuseCounter] = None
+        self._pending: Optional[Dict[str, concurrency.AsyncResult]] = None
+        self._request_id: Optional[str] = None
+        self._replied = False
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.client_id} {self.namespace.path} {self.ctx.username!r}>"
+
+    # ------------------------------------------------------------------ outbound
+
+    def send_frame(self, frame: bytes, force: bool = False) -> bool:
+        """Hand one encoded frame to the socket; never waits on a slow peer.
+
+        :param force: for the close frame: past the closed-for-data state and the
+            queue bound.
+        :returns: False when the connection no longer takes data.
+        """
+        with self._lock:
+            if self._close_sent and not force:
+                return False
+            if self._queue is None:
+                try:
+                    sent = concurrency.nonblocking_send(self.sock, frame)
+                except OSError:
+                    self._lost()
+                    return False
+                if sent == len(frame):
+                    return True
+                self._queue = deque((memoryview(frame)[sent:],))
+                self._queued = len(frame) - sent
+                self._head_partial = sent > 0
+                concurrency.spawn(self._write_queued)
+                return True
+            if self._queued + len(frame) > self._max_queue and not force:
+                overflow = True
+            else:
+                self._queue.append(frame)
+                self._queued += len(frame)
+                return True
+        if overflow:
+            self._slow_consumer()
+        return False
+
+    def _write_queued(self) -> None:
+        sock = self.sock
+        while True:
+            with self._lock:
+                queue = self._queue
+                if not queue:
+                    self._queue = None
+                    self._queued = 0
+                    done = self._shutdown_when_flushed
+                    break
+                chunk = queue.popleft()
+                self._head_partial = False
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                self._lost()
+                return
+            with self._lock:
+                self._queued -= len(chunk)
+        if done:
+            self._shutdown()
+
+    def _slow_consumer(self) -> None:
+        self.namespace.drop("slowConsumer")
+        log.warning("closing slow consumer %s on %s: more than %d bytes waiting",
+                    self.client_id, self.namespace.path, self._max_queue)
+        with self._lock:
+            if self._queue is not None:
+                # Unstarted frames go; a frame already half on the wire must finish.
+                keep = [self._queue[0]] if self._head_partial and self._queue else []
+                self._queue.clear()
+                self._queue.extend(keep)
+                self._queued = sum(len(c) for c in keep)
+        self.close(CloseCode.SLOW_CONSUMER, "Slow consumer: outbound queue full")
+
+    def send(self, data: Dict[str, Any], ctx: Any = None) -> bool:
+        """Send ``{type, data}`` to this client only (``ctx=None``: system)."""
+        return self.namespace.send_to_client(self.client_id, data, ctx)
+
+    def send_raw_json(self, payload: bytes) -> bool:
+        """Send already-encoded JSON bytes as one text frame."""
+        return self.send_frame(frames.text_frame(payload))
+
+    # ------------------------------------------------------------- replies
+
+    def reply(self, data: Any) -> bool:
+        """Answer the message being handled, once: ``{success, data, requestId}``."""
+        if self._replied or not self.open:
+            return False
+        self._replied = True
+        ok = self.send_raw_json(envelope.encode_reply(data, self._request_id))
+        if ok:
+            self.namespace.record_sent("reply", 1, self.ctx.username)
+        return ok
+
+    def reply_error(self, error: str, code: Union[int, str] = 500, details: Any = None) -> bool:
+        """Answer the message being handled with an error frame, once."""
+        if self._replied or not self.open:
+            return False
+        self._replied = True
+        return self.send_raw_json(envelope.encode_error(error, code, details, self._request_id))
+
+    def request(self, data: Dict[str, Any], timeout: float = 30.0, ctx: Any = None
+                ) -> Dict[str, Any]:
+        """Ask this client and wait (this greenlet only) for its reply frame.
+
+        Always returns a dict: the reply, or an error with ``REQUEST_TIMEOUT``,
+        ``NOT_CONNECTED`` or ``CONNECTION_LOST``.
+        """
+        if not self.open:
+            return {"success": False, "error": "Client not connected",
+                    "code": ErrorCode.NOT_CONNECTED}
+        rid = str(uuid.uuid4())
+        waiter = concurrency.AsyncResult()
+        if self._pending is None:
+            self._pending = {}
+        self._pending[rid] = waiter
+        wire = self.namespace.wire_ctx(ctx)
+        if not self.send_raw_json(envelope.encode_success(data, wire, {"requestId": rid})):
+            self._pending.pop(rid, None)
+            return {"success": False, "error": "Client not connected",
+                    "code": ErrorCode.NOT_CONNECTED, "requestId": rid}
+        self.namespace.record_sent(data.get("type", ""), 1, self.ctx.username)
+        if not waiter.wait(timeout):
+            self._pending.pop(rid, None)
+            return {"success": False, "error": f"No reply within {timeout} s",
+                    "code": ErrorCode.REQUEST_TIMEOUT, "requestId": rid}
+        return waiter.value  # type: ignore[no-any-return]
+
+    def resolve_request(self, rid: str, message: Dict[str, Any]) -> bool:
+        """Deliver a client's reply to the server request waiting on ``rid``."""
+        waiter = self._pending.pop(rid, None) if self._pending else None
+        if waiter is None:
+            return False
+        if message.get("success") is False:
+            result = {"success": False, "error": str(message.get("error") or "Error"),
+                      "code": message.get("code", "ERROR"), "requestId": rid}
+            if "details" in message:
+                result["details"] = message["details"]
+        else:
+            message["username"] = self.ctx.username
+            result = {"success": True, "data": message, "requestId": rid}
+        waiter.set(result)
+        return True
+
+    def begin_message(self, message: Dict[str, Any], request_id: Optional[str]) -> None:
+        self.message = message
+        self._request_id = request_id
+        self._replied = False
+
+    @property
+    def replied(self) -> bool:
+        return self._replied
+
+    # ---------------------------------------------------------------- limits
+
+    def rate(self) -> RateWindow:
+        if self._rate is None:
+            self._rate = RateWindow(self.namespace.limits)
+        return self._rate
+
+    def abuse(self, now: float) -> bool:
+        """Count a violation; True once the connection should be closed 1008."""
+        if self._abuse is None:
+            s = self.namespace.state.settings
+            self._abuse = AbuseCounter(s.abuse_threshold, s.abuse_window)
+        return self._abuse.hit(now)
+
+    # ----------------------------------------------------------------- close
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Start the close handshake; the socket is cut if the peer does not answer."""
+        if self._close_sent:
+            return
+        self.close_code = code
+        self.send_frame(frames.close_frame(code, reason), force=True)
+        self._close_sent = True
+        self._cut_timer = concurrency.spawn_later(self._close_timeout, self._shutdown)
+
+    def terminate(self, code: int = CloseCode.SERVER_ERROR, reason: str = "") -> None:
+        """Best-effort close frame, then cut the TCP connection at once."""
+        if not self._close_sent:
+            self.close_code = code
+            with self._lock:
+                idle = self._queue is None
+            if idle:  # a queued close frame would never pass a frozen peer
+                try:
+                    concurrency.nonblocking_send(self.sock, frames.close_frame(code, reason))
+                except OSError:
+                    pass
+            self._close_sent = True
+        self._shutdown()
+
+    def send_ping(self, now: float) -> None:
+        self.ping_sent_at = now
+        self.send_frame(frames.encode_frame(frames.OP_PING, b""))
+
+    def _lost(self) -> None:
+        self._close_sent = True
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv and sendall
+        except OSError:
+            pass
+
+    # ----------------------------------------------------------------- inbound
+
+    def run(self, on_message: Callable[["Connection", bytes], None]) -> None:
+        """Read until the connection ends; messages are handled in order, here."""
+        decoder = frames.FrameDecoder(self.namespace.state.settings.max_frame_size)
+        recv = self.sock.recv
+        try:
+            while True:
+                data = recv(_RECV_BYTES)
+                if not data:
+                    return
+                try:
+                    events = decoder.feed(data)
+                except frames.ProtocolError as exc:
+                    self.namespace.drop("oversize" if exc.code == CloseCode.TOO_BIG
+                                        else "invalid")
+                    self.close(exc.code, exc.reason)
+                    return self._drain_until_closed()
+                for opcode, payload in events:
+                    if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+                        if not self._close_sent:
+                            on_message(self, payload)
+                    elif opcode == frames.OP_PONG:
+                        self.ping_sent_at = None
+                    elif opcode == frames.OP_PING:
+                        self.send_frame(frames.encode_frame(frames.OP_PONG, payload))
+                    elif opcode == frames.OP_CLOSE:
+                        return self._peer_closed(payload)
+        except OSError:
+            return
+        finally:
+            self.open = False
+            if self._cut_timer is not None:
+                self._cut_timer.cancel()
+            self._fail_pending()
+
+    def _peer_closed(self, body: bytes) -> None:
+        try:
+            code, _ = frames.parse_close(body)
+            echo = 1000 if code == 1005 else code
+        except frames.ProtocolError as exc:
+            code, echo = exc.code, exc.code
+        if self.close_code is None:
+            self.close_code = code
+        if not self._close_sent:
+            self.send_frame(frames.close_frame(echo), force=True)
+            self._close_sent = True
+        with self._lock:
+            flushed = self._queue is None
+            if not flushed:
+                self._shutdown_when_flushed = True
+        if flushed:
+            self._shutdown()
+
+    def _drain_until_closed(self) -> None:
+        # After our close frame: discard input until the peer's close or the cut.
+        try:
+            while self.sock.recv(_RECV_BYTES):
+                pass
+        except OSError:
+            pass
+
+    def _fail_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        for rid, waiter in (pending or {}).items():
+            waiter.set({"success": False, "error": "Connection lost",
+                        "code": ErrorCode.CONNECTION_LOST, "requestId": rid})

@@ -1,0 +1,221 @@
+"""A sans-I/O WebSocket (RFC 6455) codec: handshake, frame encoding, decoding (pure).
+
+Why our own and not simple-websocket/wsproto: simple-websocket 1.1.0 ignores the
+return value of ``sock.send()`` and corrupts frames under gevent, and wsproto's
+per-connection encoder would encode a broadcast once per recipient. Server frames
+are unmasked, so one encoded frame serves every recipient. Compression
+(permessage-deflate) is not negotiated; see docs/performance.md for why.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from typing import List, Optional, Tuple, Union
+
+__all__ = [
+    "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
+    "ProtocolError", "accept_key", "handshake_response", "encode_frame",
+    "text_frame", "close_frame", "parse_close", "FrameDecoder", "Event",
+]
+
+OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+_CONTROL = (OP_CLOSE, OP_PING, OP_PONG)
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+#: (opcode, payload); for OP_CLOSE the payload is the raw close body.
+Event = Tuple[int, bytes]
+
+
+class ProtocolError(Exception):
+    """The peer broke the protocol; close with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def accept_key(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key``."""
+    digest = hashlib.sha1(key.encode("ascii") + _GUID).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def valid_client_key(key: Optional[str]) -> bool:
+    """A key must be base64 of 16 bytes."""
+    if not key:
+        return False
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (ValueError, UnicodeEncodeError):
+        return False
+
+
+def handshake_response(key: str) -> bytes:
+    """The ``101 Switching Protocols`` response, without extensions."""
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+            + accept_key(key).encode("ascii") + b"\r\n\r\n")
+
+
+def _mask(data: bytes, key: bytes) -> bytes:
+    # XOR as one big integer: C speed for any length, no per-byte Python loop.
+    n = len(data)
+    if n == 0:
+        return b""
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "little") ^ int.from_bytes(stream, "little")).to_bytes(
+        n, "little")
+
+
+def encode_frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = False) -> bytes:
+    """One frame; ``mask=True`` for frames a client sends."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        header = struct.pack("!BB", first, mbit | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", first, mbit | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, mbit | 127, n)
+    if mask:
+        key = os.urandom(4)
+        return header + key + _mask(payload, key)
+    return header + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked text frame (server to client) around UTF-8 JSON bytes."""
+    return encode_frame(OP_TEXT, payload)
+
+
+def close_body(code: int, reason: str = "") -> bytes:
+    body = struct.pack("!H", code) + reason.encode("utf-8")[:123]
+    return body
+
+
+def close_frame(code: int, reason: str = "", mask: bool = False) -> bytes:
+    return encode_frame(OP_CLOSE, close_body(code, reason), mask=mask)
+
+
+def _valid_close_code(code: int) -> bool:
+    return (1000 <= code <= 1014 and code not in (1004, 1005, 1006)) or 3000 <= code <= 4999
+
+
+def parse_close(body: bytes) -> Tuple[int, str]:
+    """Code and reason of a close frame body; 1005 when it has none."""
+    if not body:
+        return 1005, ""
+    if len(body) == 1:
+        raise ProtocolError(1002, "close frame with a one-byte body")
+    code = struct.unpack("!H", body[:2])[0]
+    if not _valid_close_code(code):
+        raise ProtocolError(1002, f"invalid close code {code}")
+    try:
+        reason = body[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(1007, "close reason is not UTF-8") from None
+    return code, reason
+
+
+class FrameDecoder:
+    """Turns received bytes into whole messages and control frames.
+
+    :param max_message_size: a message (all fragments) larger than this raises 1009
+        as soon as its header says so, before the payload is buffered.
+    :param expect_mask: servers require masked frames, clients unmasked ones.
+    """
+
+    def __init__(self, max_message_size: int, expect_mask: bool = True) -> None:
+        self._max = max_message_size
+        self._expect_mask = expect_mask
+        self._buf = bytearray()
+        self._frag_op: Optional[int] = None
+        self._frags: List[bytes] = []
+        self._frag_len = 0
+
+    def feed(self, data: Union[bytes, bytearray]) -> List[Event]:
+        """Add received bytes; return the complete events, in order."""
+        buf = self._buf
+        buf += data
+        events: List[Event] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            b0 = buf[pos]
+            b1 = buf[pos + 1]
+            fin = b0 & 0x80
+            if b0 & 0x70:
+                raise ProtocolError(1002, "reserved bits set (no extension negotiated)")
+            opcode = b0 & 0x0F
+            masked = b1 & 0x80
+            if bool(masked) != self._expect_mask:
+                raise ProtocolError(1002, "client frames must be masked"
+                                    if self._expect_mask else "server frames must not be masked")
+            length = b1 & 0x7F
+            hdr = 2
+            if length == 126:
+                if end - pos < 4:
+                    break
+                length = struct.unpack_from("!H", buf, pos + 2)[0]
+                hdr = 4
+            elif length == 127:
+                if end - pos < 10:
+                    break
+                length = struct.unpack_from("!Q", buf, pos + 2)[0]
+                hdr = 10
+            if opcode in _CONTROL:
+                if not fin or length > 125:
+                    raise ProtocolError(1002, "control frames must be whole and <= 125 bytes")
+            elif opcode == OP_CONT:
+                if self._frag_op is None:
+                    raise ProtocolError(1002, "continuation frame without a message")
+            elif opcode in (OP_TEXT, OP_BINARY):
+                if self._frag_op is not None:
+                    raise ProtocolError(1002, "new message before the last one ended")
+            else:
+                raise ProtocolError(1002, f"unknown opcode {opcode}")
+            if opcode not in _CONTROL and self._frag_len + length > self._max:
+                raise ProtocolError(1009, f"message larger than {self._max} bytes")
+            if masked:
+                hdr += 4
+            if end - pos < hdr + length:
+                break
+            payload = bytes(buf[pos + hdr:pos + hdr + length])
+            if masked:
+                payload = _mask(payload, bytes(buf[pos + hdr - 4:pos + hdr]))
+            pos += hdr + length
+            if opcode in _CONTROL:
+                events.append((opcode, payload))
+                if opcode == OP_CLOSE:
+                    break  # nothing after a close frame counts
+                continue
+            if opcode != OP_CONT and fin:
+                events.append(self._finish(opcode, payload))
+                continue
+            if opcode != OP_CONT:
+                self._frag_op = opcode
+            self._frags.append(payload)
+            self._frag_len += length
+            if fin:
+                op = self._frag_op
+                whole = b"".join(self._frags)
+                self._frag_op, self._frags, self._frag_len = None, [], 0
+                events.append(self._finish(op, whole))
+        if pos:
+            del buf[:pos]
+        return events
+
+    @staticmethod
+    def _finish(opcode: int, payload: bytes) -> Event:
+        if opcode == OP_TEXT:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError(1007, "text message is not valid UTF-8") from None
+        return opcode, payload

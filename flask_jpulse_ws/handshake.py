@@ -1,0 +1,231 @@
+"""The WebSocket endpoint: upgrade, admission checks in protocol order, the
+connection's life, and the WSGI ending each server needs.
+
+Order (protocol.md section 2): origin (HTTP 403, before the upgrade) -> caps
+(4529) -> namespace (4404) -> public access -> login (4401) -> roles (4403) ->
+``on_create`` -> client id and the duplicate rule (4409) -> welcome -> on_connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Dict, Tuple
+from urllib.parse import parse_qs, quote
+
+from flask import Response, request
+
+from . import auth, envelope, frames
+from .connection import Connection
+from .context import Context
+from .errors import CloseCode
+from .namespace import close_code_for
+from .paths import is_whitelisted
+from .pipeline import handle_message
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .extension import AppState
+
+__all__ = ["serve", "UUID_RE"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+#: Canonical lowercase UUID, any version.
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+class Rejected(Exception):
+    """An admission check failed: close with ``code`` after the upgrade."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def serve(state: "AppState") -> Any:
+    """The view behind every ``/api/1/ws/...`` upgrade request."""
+    environ = request.environ
+    settings = state.settings
+    key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
+    if "websocket" not in environ.get("HTTP_UPGRADE", "").lower() or \
+            not frames.valid_client_key(key):
+        return Response("Expected a WebSocket upgrade request\n", 400)
+    if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
+        return Response("Unsupported WebSocket version\n", 426,
+                        {"Sec-WebSocket-Version": "13"})
+    allowed, expected = auth.origin_check(environ, settings.allowed_origins,
+                                          settings.trusted_proxies)
+    if not allowed:
+        state.refused_origins += 1
+        log.warning("refused WebSocket upgrade from origin %r to %s: expected %s "
+                    "(set JPULSE_WS_ALLOWED_ORIGINS to allow it)",
+                    environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none")
+        return Response("Origin not allowed\n", 403)
+    sock, mode = _take_socket(environ)
+    ip = auth.client_ip(environ, settings.trusted_proxies)
+    ctx = state.load_context(ip)
+    token = auth.session_token()
+    state.ensure_started()
+    sock.sendall(frames.handshake_response(key))  # type: ignore[arg-type]
+    counted = False
+    try:
+        state.admit_ip(ip)
+        counted = True
+        ns, client_id, ctx = _admit(state, environ, ctx)
+    except Rejected as exc:
+        state.rejections[exc.code] = state.rejections.get(exc.code, 0) + 1
+        _close_rejected(sock, exc.code, exc.reason, settings.close_timeout)
+        if counted:
+            state.release_ip(ip)
+        return _ended(mode)
+    identity = auth.identity_of(ctx, token, environ.get("HTTP_USER_AGENT", ""))
+    conn = Connection(sock, ns, client_id, ctx, identity, token)
+    try:
+        _join(state, ns, conn)
+        conn.run(handle_message)
+    finally:
+        state.release_ip(ip)
+        _leave(state, conn)
+    return _ended(mode)
+
+
+def _admit(state: "AppState", environ: Dict[str, Any], ctx: Context
+           ) -> Tuple[Any, str, Context]:
+    settings = state.settings
+    raw_path = _raw_path(environ)
+    match = state.registry.match_raw(raw_path)
+    if match is None:
+        raise Rejected(CloseCode.NOT_FOUND, "No such namespace")
+    template, path, params = match
+    ctx.params = dict(params)
+    ctx.namespace = path
+    if settings.public_access and is_whitelisted(path, settings.public_whitelist):
+        ctx.is_public = not ctx.has_any_role(settings.admin_roles)
+    else:
+        if template.require_auth and not ctx.is_authenticated:
+            raise Rejected(CloseCode.UNAUTHORIZED, "Login required")
+        if template.require_roles and not ctx.has_any_role(template.require_roles):
+            raise Rejected(CloseCode.FORBIDDEN, "Not allowed")
+    if template.on_create is not None and template.is_pattern:
+        ctx = _run_on_create(template, ctx, path)
+    ns = state.registry.get_or_create(template, path, params)
+    if ns is None:
+        log.warning("namespace cap (%d) reached: refusing %s", settings.max_namespaces, path)
+        raise Rejected(CloseCode.TOO_MANY, "Too many namespaces")
+    client_id = _client_id(environ)
+    held = ns.clients.get(client_id)
+    if held is not None:
+        identity = auth.identity_of(ctx, auth.session_token(),
+                                    environ.get("HTTP_USER_AGENT", ""))
+        if held.identity == identity:
+            held.close(CloseCode.REPLACED, "Replaced by a newer connection")
+        else:
+            client_id = str(uuid.uuid4())  # never take over someone else's id
+    return ns, client_id, ctx
+
+
+def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
+    try:
+        result = template.on_create(request, ctx)
+    except Exception:
+        log.exception("on_create of %s failed for %s", template.path, path)
+        raise Rejected(CloseCode.SERVER_ERROR, "Server error") from None
+    if isinstance(result, Context):
+        result.namespace, result.params = path, ctx.params  # routing fields stay ours
+        return result
+    code = close_code_for(result)
+    if code is None:
+        log.error("on_create of %s returned %r: expected a ctx, None or a 4000-4999 int",
+                  template.path, result)
+        raise Rejected(CloseCode.SERVER_ERROR, "Server error")
+    if code == CloseCode.SERVER_ERROR and isinstance(result, int):
+        log.error("on_create of %s returned close code %d outside 4000-4999",
+                  template.path, result)
+    raise Rejected(code, "Rejected" if code != CloseCode.NOT_FOUND else "No such namespace")
+
+
+def _client_id(environ: Dict[str, Any]) -> str:
+    values = parse_qs(environ.get("QUERY_STRING", "")).get("uuid")
+    if values and UUID_RE.match(values[0]):
+        return values[0]
+    return str(uuid.uuid4())
+
+
+def _join(state: "AppState", ns: Any, conn: Connection) -> None:
+    ns.add(conn)
+    state.total_connections += 1
+    now = time.time()
+    ns.stats.touch(now)
+    state.activity.add(now, ns.path, "connected", conn.ctx.username)
+    welcome = {"type": "connected",
+               "data": {"clientId": conn.client_id, "namespace": ns.path,
+                        "limits": ns.limits_wire}}
+    conn.send_raw_json(envelope.encode_success(welcome, ns.wire_ctx(conn.ctx)))
+    state.call_handler(ns.template.connect_handler, conn, "on_connect")
+
+
+def _leave(state: "AppState", conn: Connection) -> None:
+    ns = conn.namespace
+    ns.discard(conn)
+    now = time.time()
+    ns.stats.touch(now)
+    state.activity.add(now, ns.path, "disconnected", conn.ctx.username,
+                       str(conn.close_code or ""))
+    state.call_handler(ns.template.disconnect_handler, conn, "on_disconnect")
+
+
+def _raw_path(environ: Dict[str, Any]) -> str:
+    """The request path before percent-decoding (PATH_INFO is already decoded)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        raw = raw.split("?", 1)[0]
+        if "://" in raw:  # absolute-form request target
+            raw = "/" + raw.split("://", 1)[1].split("/", 1)[-1]
+        return str(raw)
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    return quote(path.encode("latin-1"), safe="/!$&'()*+,;=:@~-._")
+
+
+def _take_socket(environ: Dict[str, Any]) -> Tuple[Any, str]:
+    if "gunicorn.socket" in environ:
+        return environ["gunicorn.socket"], "gunicorn"
+    if "werkzeug.socket" in environ:
+        return environ["werkzeug.socket"], "werkzeug"
+    raise RuntimeError("This server does not hand over its sockets: run under "
+                       "gunicorn -k gevent (production) or flask run (development)")
+
+
+def _close_rejected(sock: Any, code: int, reason: str, timeout: float) -> None:
+    """Close frame, then wait briefly for the peer's close so it reads ours."""
+    try:
+        sock.sendall(frames.close_frame(code, reason))
+        sock.settimeout(timeout)
+        decoder = frames.FrameDecoder(1024)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            data = sock.recv(4096)
+            if not data or any(op == frames.OP_CLOSE for op, _ in decoder.feed(data)):
+                break
+    except (OSError, frames.ProtocolError):
+        pass
+    try:
+        sock.shutdown(2)
+    except OSError:
+        pass
+
+
+def _ended(mode: str) -> Any:
+    """A response that makes the server write nothing more on the taken socket."""
+
+    class WebSocketEnded(Response):
+        def __call__(self, environ: Any, start_response: Any) -> Any:
+            if mode == "gunicorn":
+                raise StopIteration()  # gunicorn: close the connection, write nothing
+            return super().__call__(environ, start_response)
+
+    return WebSocketEnded()
+
+

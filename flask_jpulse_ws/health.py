@@ -1,0 +1,105 @@
+"""One scheduler for all connections of an app: pings, pong deadlines, session
+re-validation and removal of empty dynamic namespaces. Not a timer per socket.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+from . import concurrency
+from .auth import reload_user
+from .errors import CloseCode, ErrorCode
+from . import envelope
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import Connection
+    from .extension import AppState
+
+__all__ = ["HealthScheduler"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+
+class HealthScheduler:
+    """Wakes every ``tick`` seconds and looks at each connection once."""
+
+    def __init__(self, state: "AppState") -> None:
+        self.state = state
+        s = state.settings
+        # Fine enough to honour the pong timeout to within a quarter of it.
+        self.tick = max(0.02, min(1.0, s.ping_interval / 4, s.pong_timeout / 4))
+        self._runner: Any = None
+        self._stopped = False
+
+    def start(self) -> None:
+        if self._runner is None:
+            self._runner = concurrency.spawn(self._run)
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def _run(self) -> None:
+        while not self._stopped:
+            concurrency.sleep(self.tick)
+            try:
+                self.run_once(concurrency.monotonic())
+            except Exception:  # the scheduler must survive anything
+                log.exception("health cycle failed")
+
+    def run_once(self, now: float) -> None:
+        s = self.state.settings
+        to_check: List["Connection"] = []
+        for conn in self.state.registry.connections():
+            if conn.ping_sent_at is not None:
+                if now - conn.ping_sent_at > s.pong_timeout:
+                    log.info("no pong from %s on %s within %.1f s: terminating",
+                             conn.client_id, conn.namespace.path, s.pong_timeout)
+                    conn.terminate(CloseCode.SERVER_ERROR, "pong timeout")
+            elif now >= conn.next_ping_at:
+                conn.next_ping_at = now + s.ping_interval
+                conn.send_ping(now)
+                if conn.ctx.user_id is not None and not conn.ctx.is_public:
+                    to_check.append(conn)
+        if to_check:
+            self.revalidate(to_check)
+        self.state.sweep_namespaces()
+
+    def revalidate(self, conns: List["Connection"]) -> None:
+        """Reload each user once; close 4401 if gone or inactive, 4403 if demoted."""
+        app = self.state.app
+        users: Dict[str, Optional[Any]] = {}
+        with app.app_context():
+            for conn in conns:
+                uid = conn.ctx.user_id
+                assert uid is not None
+                if uid not in users:
+                    try:
+                        users[uid] = reload_user(app, uid)
+                    except Exception:
+                        log.exception("user loader failed for %r; keeping the session", uid)
+                        users[uid] = _KEEP
+                self._apply(conn, users[uid])
+
+    def _apply(self, conn: "Connection", user: Any) -> None:
+        if user is _KEEP or not conn.open:
+            return
+        if user is None or not getattr(user, "is_active", True):
+            expire(conn)
+            return
+        required = conn.namespace.template.require_roles
+        if required:
+            roles = getattr(user, "roles", ()) or ()
+            if isinstance(roles, str):
+                roles = (roles,)
+            if not set(required) & {str(r) for r in roles}:
+                conn.close(CloseCode.FORBIDDEN, "Role no longer held")
+
+
+_KEEP = object()
+
+
+def expire(conn: "Connection") -> None:
+    """Tell the client its session is over, then close 4401."""
+    conn.send_raw_json(envelope.encode_error("Session expired", ErrorCode.SESSION_EXPIRED))
+    conn.close(CloseCode.UNAUTHORIZED, "Session expired")

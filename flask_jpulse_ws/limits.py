@@ -1,0 +1,102 @@
+"""Per-connection message limits: size, sliding-window rate, abuse count (pure).
+
+Times are seconds from a monotonic clock passed in by the caller, so tests can
+drive the arithmetic without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Deque, Dict, Mapping, Optional
+
+__all__ = ["Limits", "RateWindow", "AbuseCounter", "RateDecision"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Effective limits of one namespace, with the seed's camelCase wire names."""
+
+    max_size: int
+    interval_ms: int
+    max_messages: int
+
+    @classmethod
+    def resolve(cls, overrides: Optional[Mapping[str, Any]], max_size: int,
+                interval_ms: int, max_messages: int) -> "Limits":
+        """Per key: the namespace's ``message_limits`` value, else the configuration."""
+        o = dict(overrides or {})
+        unknown = set(o) - {"maxSize", "interval", "maxMessages"}
+        if unknown:
+            raise ValueError(f"Unknown message_limits keys {sorted(unknown)}: "
+                             f"use maxSize, interval, maxMessages")
+        limits = cls(int(o.get("maxSize", max_size)), int(o.get("interval", interval_ms)),
+                     int(o.get("maxMessages", max_messages)))
+        if min(limits.max_size, limits.interval_ms, limits.max_messages) <= 0:
+            raise ValueError(f"message_limits must be positive: {o!r}")
+        return limits
+
+    def as_wire(self) -> Dict[str, int]:
+        return {"maxSize": self.max_size, "interval": self.interval_ms,
+                "maxMessages": self.max_messages}
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """Outcome of :meth:`RateWindow.check`."""
+
+    allowed: bool
+    notify: bool = False  # send RATE_LIMIT_EXCEEDED for this drop
+    retry_after_ms: int = 0
+
+
+class RateWindow:
+    """At most ``max_messages`` accepted messages in any rolling ``interval``.
+
+    Dropped messages do not extend the window. The client is told once per
+    window (the flag resets when a message finds the window empty), and always
+    when the dropped message carries a ``requestId``.
+    """
+
+    __slots__ = ("_interval", "_max", "_stamps", "_notified")
+
+    def __init__(self, limits: Limits) -> None:
+        self._interval = limits.interval_ms / 1000.0
+        self._max = limits.max_messages
+        self._stamps: Deque[float] = deque()
+        self._notified = False
+
+    def check(self, now: float, has_request_id: bool = False) -> RateDecision:
+        stamps = self._stamps
+        horizon = now - self._interval
+        while stamps and stamps[0] <= horizon:
+            stamps.popleft()
+        if not stamps:
+            self._notified = False
+        if len(stamps) < self._max:
+            stamps.append(now)
+            return RateDecision(True)
+        retry_after = max(0, int(round((stamps[0] + self._interval - now) * 1000)))
+        notify = has_request_id or not self._notified
+        if not has_request_id:
+            self._notified = True
+        return RateDecision(False, notify, retry_after)
+
+
+class AbuseCounter:
+    """Counts limit violations; ``hit`` returns True once the threshold is crossed."""
+
+    __slots__ = ("_threshold", "_window", "_stamps")
+
+    def __init__(self, threshold: int, window: float) -> None:
+        self._threshold = threshold
+        self._window = window
+        self._stamps: Deque[float] = deque()
+
+    def hit(self, now: float) -> bool:
+        stamps = self._stamps
+        stamps.append(now)
+        horizon = now - self._window
+        while stamps and stamps[0] <= horizon:
+            stamps.popleft()
+        return len(stamps) >= self._threshold

@@ -1,0 +1,94 @@
+"""The inbound pipeline, one message at a time, in protocol order.
+
+frame cap (1009, in the decoder) -> size -> JSON object -> reply to a server
+request -> string ``type`` -> reserved types -> rate window -> username
+injection -> activity log -> handler -> automatic NO_REPLY.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Optional
+
+from . import concurrency, envelope
+from .errors import CloseCode, ErrorCode, WSError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import Connection
+
+__all__ = ["handle_message"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+
+def handle_message(conn: "Connection", payload: bytes) -> None:
+    """Run one received message through the pipeline. Never raises."""
+    ns = conn.namespace
+    try:
+        message = envelope.decode_inbound(payload, ns.limits.max_size)
+    except envelope.InboundError as exc:
+        _reject(conn, exc.reason, exc.message, exc.code, exc.details, None, payload)
+        return
+    rid = envelope.request_id_of(message)
+    if rid is not None and conn.resolve_request(rid, message):
+        ns.stats.message(time.time())  # a client's answer to ``request()``
+        return
+    try:
+        msg_type = envelope.check_type(message)
+    except envelope.InboundError as exc:
+        _reject(conn, exc.reason, exc.message, exc.code, exc.details, rid, payload)
+        return
+    if msg_type == "_ping":  # framework heartbeat: answered, never counted as a message
+        conn.send_raw_json(envelope.encode_framework("_pong", {"t": message.get("t")}))
+        return
+    decision = conn.rate().check(concurrency.monotonic(), rid is not None)
+    if not decision.allowed:
+        limits = ns.limits
+        details = {"maxMessages": limits.max_messages, "interval": limits.interval_ms,
+                   "retryAfterMs": decision.retry_after_ms}
+        _reject(conn, "rateLimit",
+                f"Rate limit exceeded: {limits.max_messages} messages per "
+                f"{limits.interval_ms} ms", ErrorCode.RATE_LIMIT_EXCEEDED, details, rid,
+                payload, notify=decision.notify)
+        return
+    username = conn.ctx.username
+    message["username"] = username  # clients cannot speak as someone else
+    now = time.time()
+    ns.stats.message(now)
+    state = ns.state
+    state.total_messages += 1
+    state.activity.add(now, ns.path, "received", username, msg_type, payload)
+    _run_handler(conn, message, rid)
+
+
+def _run_handler(conn: "Connection", message: dict, rid: Optional[str]) -> None:
+    handler = conn.namespace.template.message_handler
+    conn.begin_message(message, rid)
+    try:
+        if handler is not None:
+            handler(conn)
+    except WSError as exc:
+        conn.reply_error(exc.message, exc.code, exc.details)
+    except Exception as exc:  # the connection must outlive any handler bug
+        log.exception("on_message handler of %s failed", conn.namespace.path)
+        detail = f": {exc!r}" if conn.namespace.state.settings.debug_errors else ""
+        conn.reply_error("Internal server error" + detail, ErrorCode.INTERNAL)
+    if rid is not None and not conn.replied:
+        conn.reply_error("No reply from handler", ErrorCode.NO_REPLY)
+    conn.message = None
+
+
+def _reject(conn: "Connection", reason: str, text: str, code: object, details: object,
+            rid: Optional[str], payload: bytes, notify: bool = True) -> None:
+    ns = conn.namespace
+    ns.drop(reason)
+    now = time.time()
+    if notify:
+        conn.send_raw_json(envelope.encode_error(text, code, details, rid))  # type: ignore
+        ns.state.activity.add(now, ns.path, "rejected", conn.ctx.username, str(code),
+                              payload[:200])
+    if conn.abuse(concurrency.monotonic()):
+        log.warning("closing %s on %s (%s): repeated limit violations", conn.client_id,
+                    ns.path, conn.ctx.ip)
+        conn.close(CloseCode.POLICY_VIOLATION, "Too many invalid or rejected messages")

@@ -1,0 +1,165 @@
+"""Counters, message rates, status colours and the activity log (pure).
+
+Wall-clock times (``time.time()``) are passed in by the caller so that tests can
+move time without sleeping.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from datetime import datetime, timezone
+from typing import Any, Deque, Dict, List, Tuple, Union
+
+__all__ = ["RateCounter", "NamespaceStats", "ActivityLog", "status_colour", "iso"]
+
+DROP_REASONS = ("oversize", "rateLimit", "invalid", "reserved", "slowConsumer")
+
+
+def iso(ts: float) -> str:
+    """ISO 8601 UTC with milliseconds, as the seed's stats show it."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds") \
+        .replace("+00:00", "Z")
+
+
+class RateCounter:
+    """Events in the last minute (per-second slots) and last hour (per-minute slots).
+
+    120 integers per namespace, whatever the traffic.
+    """
+
+    __slots__ = ("_sec", "_sec_at", "_min", "_min_at")
+
+    def __init__(self) -> None:
+        self._sec = [0] * 60
+        self._sec_at = [-1] * 60
+        self._min = [0] * 60
+        self._min_at = [-1] * 60
+
+    def add(self, now: float, n: int = 1) -> None:
+        s = int(now)
+        i = s % 60
+        if self._sec_at[i] != s:
+            self._sec_at[i] = s
+            self._sec[i] = 0
+        self._sec[i] += n
+        m = s // 60
+        j = m % 60
+        if self._min_at[j] != m:
+            self._min_at[j] = m
+            self._min[j] = 0
+        self._min[j] += n
+
+    def last_minute(self, now: float) -> int:
+        s = int(now)
+        return sum(c for c, at in zip(self._sec, self._sec_at) if s - 60 < at <= s)
+
+    def last_hour(self, now: float) -> int:
+        m = int(now) // 60
+        return sum(c for c, at in zip(self._min, self._min_at) if m - 60 < at <= m)
+
+    def per_second(self, now: float, seconds: int = 60) -> List[int]:
+        """Counts of the last ``seconds`` seconds, oldest first (for sparklines)."""
+        s = int(now)
+        out = []
+        for t in range(s - seconds + 1, s + 1):
+            i = t % 60
+            out.append(self._sec[i] if self._sec_at[i] == t else 0)
+        return out
+
+
+def status_colour(now: float, last_activity: float, client_count: int,
+                  warning: float, inactive: float) -> str:
+    """The seed's rule: red when empty or idle past ``inactive``, yellow past ``warning``."""
+    idle = now - last_activity
+    if client_count == 0 or idle > inactive:
+        return "red"
+    if idle > warning:
+        return "yellow"
+    return "green"
+
+
+class NamespaceStats:
+    """What one namespace counts: messages in and out, deliveries, drops, activity."""
+
+    __slots__ = ("created", "last_activity", "total_messages", "deliveries", "dropped",
+                 "rate", "connections")
+
+    def __init__(self, now: float) -> None:
+        self.created = now
+        self.last_activity = now
+        self.total_messages = 0  # accepted inbound + each send/broadcast/reply out
+        self.deliveries = 0  # frames handed to sockets: a broadcast to N counts N
+        self.dropped: Dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.rate = RateCounter()
+        self.connections = 0  # accepted connections, ever
+
+    def message(self, now: float, deliveries: int = 0) -> None:
+        self.total_messages += 1
+        self.deliveries += deliveries
+        self.last_activity = now
+        self.rate.add(now)
+
+    def touch(self, now: float) -> None:
+        self.last_activity = now
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def total_dropped(self) -> int:
+        return sum(self.dropped.values())
+
+    def snapshot(self, now: float, path: str, client_count: int, active_users: int,
+                 limits: Dict[str, int], warning: float, inactive: float) -> Dict[str, Any]:
+        return {
+            "path": path,
+            "status": status_colour(now, self.last_activity, client_count, warning, inactive),
+            "clientCount": client_count,
+            "activeUsers": active_users,
+            "messagesPerMin": self.rate.last_minute(now),
+            "messagesPerHour": self.rate.last_hour(now),
+            "totalMessages": self.total_messages,
+            "deliveries": self.deliveries,
+            "totalConnections": self.connections,
+            "lastActivity": iso(self.last_activity),
+            "dropped": dict(self.dropped),
+            "limits": limits,
+        }
+
+
+class ActivityLog:
+    """The last ``window`` seconds of events, at most ``max_entries`` of them."""
+
+    DIRECTIONS = ("received", "sent", "rejected", "connected", "disconnected")
+
+    def __init__(self, window: float, max_entries: int, message_chars: int) -> None:
+        self._window = window
+        self._chars = message_chars
+        # Tuples, not dicts: the log is written on every message and read rarely.
+        self._entries: Deque[Tuple[Any, ...]] = deque(maxlen=max_entries)
+
+    def add(self, now: float, namespace: str, direction: str, username: str = "",
+            msg_type: str = "", message: Union[None, str, bytes] = None) -> None:
+        """Record one event; ``message`` is cut to its first and last characters."""
+        text = message or ""
+        if len(text) > self._chars:
+            keep = self._chars // 2
+            text = text[:keep] + (b" ... " if isinstance(text, bytes) else " ... ") + text[-keep:]
+        self._entries.append((now, namespace, direction, username, msg_type, text))
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self._window
+        entries = self._entries
+        while entries and entries[0][0] < horizon:
+            entries.popleft()
+
+    def entries(self, now: float) -> List[Dict[str, Any]]:
+        """Newest last, as the dicts ``get_stats()["activityLog"]`` shows."""
+        self._prune(now)
+        return [{"timestamp": iso(ts), "namespace": ns, "direction": direction,
+                 "username": username, "type": msg_type,
+                 "message": text.decode("utf-8", "replace") if isinstance(text, bytes) else text}
+                for ts, ns, direction, username, msg_type, text in self._entries]
+
+    def __len__(self) -> int:
+        return len(self._entries)

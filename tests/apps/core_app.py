@@ -1,0 +1,169 @@
+"""The app the integration tests run under real gunicorn gevent workers.
+
+Settings come from ``JPULSE_WS_*`` environment variables (JSON values), so each
+test module can start a server tuned for what it checks. Test-only HTTP routes
+under /_test/ expose server-side calls (broadcast, stats, logout...).
+"""
+
+import json
+import os
+
+from flask import Flask, jsonify, request
+from flask_login import LoginManager, UserMixin, login_user, logout_user
+
+from flask_jpulse_ws import Context, JPulseWS, WSError
+
+USERS = {
+    "alice": {"roles": ["admin"], "first_name": "Alice", "last_name": "Admin"},
+    "bob": {"roles": ["user"], "first_name": "Bob", "last_name": "User"},
+}
+DELETED = set()
+INACTIVE = set()
+
+
+class User(UserMixin):
+    def __init__(self, username):
+        self.id = username
+        self.username = username
+        info = USERS[username]
+        self.roles = info["roles"]
+        self.first_name = info["first_name"]
+        self.last_name = info["last_name"]
+
+    @property
+    def is_active(self):
+        return self.id not in INACTIVE
+
+
+def create_app():
+    app = Flask(__name__)
+    app.secret_key = "test-secret"
+    for key, value in os.environ.items():
+        if key.startswith("JPULSE_WS_"):
+            app.config[key] = json.loads(value)
+    login = LoginManager(app)
+
+    @login.user_loader
+    def load(user_id):
+        if user_id in DELETED or user_id not in USERS:
+            return None
+        return User(user_id)
+
+    ws = JPulseWS(app)
+    echo = ws.namespace("/api/1/ws/echo")
+    secure = ws.namespace("/api/1/ws/secure", require_auth=True)
+    admin = ws.namespace("/api/1/ws/admin-only", require_roles=["admin"])
+    small = ws.namespace("/api/1/ws/small", message_limits={"maxSize": 100,
+                                                            "maxMessages": 3,
+                                                            "interval": 1000})
+
+    def on_create(req, ctx):
+        room = ctx.params["room"]
+        if room == "forbidden":
+            return 4403
+        if room == "teapot":
+            return 4418
+        if room == "bad-code":
+            return 99
+        if room == "explode":
+            raise RuntimeError("boom")
+        if room.startswith("nope"):
+            return None
+        ctx.extra["room"] = room
+        return ctx
+
+    rooms = ws.namespace("/api/1/ws/rooms/:room", on_create=on_create)
+    ws.namespace("/api/1/ws/open-rooms/:room")
+
+    @echo.on_message
+    def on_echo(conn):
+        msg = conn.message
+        t = msg["type"]
+        if t == "broadcast":
+            echo.broadcast({"type": "broadcast", "data": msg.get("data")}, conn.ctx)
+        elif t == "whoami":
+            conn.reply({"clientId": conn.client_id, "username": conn.ctx.username,
+                        "ip": conn.ctx.ip, "sent_username": msg.get("username")})
+        elif t == "fail":
+            raise WSError("You asked for it", "ASKED", {"why": "test"})
+        elif t == "crash":
+            raise ZeroDivisionError("secret internals")
+        elif t == "silent":
+            pass
+        elif t == "ask-me":
+            result = echo.request(conn.client_id, {"type": "question", "data": {}},
+                                  timeout=msg.get("timeout", 2), ctx=conn.ctx)
+            conn.reply(result)
+        elif t == "echo":
+            conn.reply(msg)
+
+    @secure.on_message
+    def on_secure(conn):
+        conn.reply({"username": conn.ctx.username})
+
+    @admin.on_message
+    def on_admin(conn):
+        conn.reply({"ok": True})
+
+    @small.on_message
+    def on_small(conn):
+        conn.reply({"ok": True})
+
+    @rooms.on_connect
+    def room_join(conn):
+        rooms.broadcast({"type": "joined", "data": {"room": conn.ctx.extra["room"]}},
+                        conn.ctx)
+
+    @rooms.on_message
+    def room_message(conn):
+        rooms.broadcast({"type": "say", "data": conn.message.get("data")}, conn.ctx)
+
+    @app.post("/_test/login/<name>")
+    def do_login(name):
+        login_user(User(name))
+        return "ok"
+
+    @app.post("/_test/logout")
+    def do_logout():
+        logout_user()
+        return "ok"
+
+    @app.post("/_test/delete/<name>")
+    def delete_user(name):
+        DELETED.add(name)
+        return "ok"
+
+    @app.post("/_test/demote/<name>")
+    def demote(name):
+        USERS[name]["roles"] = []
+        return "ok"
+
+    @app.post("/_test/broadcast")
+    def http_broadcast():
+        body = request.get_json()
+        n = ws.broadcast(body["path"], body["data"], ws.broadcast_context())
+        return jsonify(local=n)
+
+    @app.post("/_test/send")
+    def http_send():
+        body = request.get_json()
+        ok = ws.send_to_client(body["path"], body["clientId"], body["data"])
+        return jsonify(local=ok)
+
+    @app.post("/_test/remove")
+    def http_remove():
+        body = request.get_json()
+        return jsonify(removed=ws.remove_namespace(body["path"],
+                                                   body.get("remove_if_empty", False)))
+
+    @app.get("/_test/stats")
+    def http_stats():
+        return jsonify(ws.get_stats())
+
+    @app.get("/_test/namespace")
+    def http_namespace():
+        ns = ws.get_namespace(request.args["path"])
+        return jsonify(ns.get_stats() if ns else None)
+
+    _ = Context
+    return app
