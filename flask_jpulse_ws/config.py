@@ -26,7 +26,7 @@ MAX_FRAME_SIZE = 1024 * 1024
 #: Outbound bytes one connection may have waiting; more means a slow consumer (4503).
 MAX_QUEUE_BYTES = 1024 * 1024
 #: ``None`` means same origin as the Host header; a list of origins, or ``"*"``.
-ALLOWED_ORIGINS: Union[None, str, Sequence[str]] = None
+ALLOWED_ORIGINS: Union[None, str, Tuple[str, ...]] = None
 #: Public access lets anonymous visitors into whitelisted namespaces.
 PUBLIC_ACCESS = False
 #: Whitelist entries: ``hello-*`` (prefix) or ``jpulse-ws-status`` (exact remainder).

@@ -31,6 +31,10 @@ __all__ = ["Connection"]
 log = logging.getLogger("flask_jpulse_ws")
 
 _NO_LOCK = contextlib.nullcontext()
+
+
+def _ignore(conn: Connection, payload: bytes) -> None:
+    """Message sink until ``run()`` installs the pipeline."""
 _RECV_BYTES = 65536
 
 
@@ -43,7 +47,7 @@ class Connection:
     :ivar message: the message being handled (``on_message`` only).
     """
 
-    def __init__(self, sock: Any, namespace: "Namespace", client_id: str, ctx: Context,
+    def __init__(self, sock: Any, namespace: Namespace, client_id: str, ctx: Context,
                  identity: tuple, session_token: Optional[str]) -> None:
         settings = namespace.state.settings
         self.sock = sock
@@ -76,6 +80,13 @@ class Connection:
         self._pending: Optional[Dict[str, concurrency.AsyncResult]] = None
         self._request_id: Optional[str] = None
         self._replied = False
+        # Reader state: the decoder, and messages read while a handler waited on request().
+        self._decoder = frames.FrameDecoder(settings.max_frame_size)
+        self._reader: Any = None
+        self._on_message: Callable[[Connection, bytes], None] = _ignore
+        self._backlog: Deque[bytes] = deque()
+        self._pumping = False
+        self._ended = False
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.namespace.path} {self.ctx.username!r}>"
@@ -198,7 +209,11 @@ class Connection:
             return {"success": False, "error": "Client not connected",
                     "code": ErrorCode.NOT_CONNECTED, "requestId": rid}
         self.namespace.record_sent(data.get("type", ""), 1, self.ctx.username)
-        if not waiter.wait(timeout):
+        if concurrency.current() is self._reader:
+            # Asked from this connection's own handler: nobody else reads this
+            # socket, so read it here; other messages wait in the backlog, in order.
+            self._pump_until(waiter, timeout)
+        if not waiter.wait(0 if concurrency.current() is self._reader else timeout):
             self._pending.pop(rid, None)
             return {"success": False, "error": f"No reply within {timeout} s",
                     "code": ErrorCode.REQUEST_TIMEOUT, "requestId": rid}
@@ -284,39 +299,83 @@ class Connection:
 
     # ----------------------------------------------------------------- inbound
 
-    def run(self, on_message: Callable[["Connection", bytes], None]) -> None:
+    def run(self, on_message: Callable[[Connection, bytes], None]) -> None:
         """Read until the connection ends; messages are handled in order, here."""
-        decoder = frames.FrameDecoder(self.namespace.state.settings.max_frame_size)
+        self._reader = concurrency.current()
+        self._on_message = on_message
         recv = self.sock.recv
         try:
-            while True:
+            while not self._ended:
+                if self._backlog:
+                    on_message(self, self._backlog.popleft())
+                    continue
                 data = recv(_RECV_BYTES)
-                if not data:
+                if not data or not self._process(data):
                     return
-                try:
-                    events = decoder.feed(data)
-                except frames.ProtocolError as exc:
-                    self.namespace.drop("oversize" if exc.code == CloseCode.TOO_BIG
-                                        else "invalid")
-                    self.close(exc.code, exc.reason)
-                    return self._drain_until_closed()
-                for opcode, payload in events:
-                    if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-                        if not self._close_sent:
-                            on_message(self, payload)
-                    elif opcode == frames.OP_PONG:
-                        self.ping_sent_at = None
-                    elif opcode == frames.OP_PING:
-                        self.send_frame(frames.encode_frame(frames.OP_PONG, payload))
-                    elif opcode == frames.OP_CLOSE:
-                        return self._peer_closed(payload)
         except OSError:
             return
         finally:
+            self._ended = True
             self.open = False
             if self._cut_timer is not None:
                 self._cut_timer.cancel()
             self._fail_pending()
+
+    def _process(self, data: bytes) -> bool:
+        """Decode received bytes and act on them; False once the connection is over."""
+        try:
+            events = self._decoder.feed(data)
+        except frames.ProtocolError as exc:
+            self.namespace.drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
+            self.close(exc.code, exc.reason)
+            self._drain_until_closed()
+            return False
+        for opcode, payload in events:
+            if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+                if self._close_sent:
+                    continue
+                if self._pumping:
+                    self._take_reply_or_defer(payload)
+                else:
+                    self._on_message(self, payload)
+            elif opcode == frames.OP_PONG:
+                self.ping_sent_at = None
+            elif opcode == frames.OP_PING:
+                self.send_frame(frames.encode_frame(frames.OP_PONG, payload))
+            elif opcode == frames.OP_CLOSE:
+                self._peer_closed(payload)
+                return False
+        return True
+
+    def _pump_until(self, waiter: concurrency.AsyncResult, timeout: float) -> None:
+        deadline = concurrency.monotonic() + timeout
+        self._pumping = True
+        try:
+            while not waiter.wait(0) and not self._ended:
+                remaining = deadline - concurrency.monotonic()
+                if remaining <= 0 or not concurrency.wait_readable(self.sock, remaining):
+                    return
+                data = self.sock.recv(_RECV_BYTES)
+                if not data or not self._process(data):
+                    self._ended = True
+        except OSError:
+            self._ended = True
+        finally:
+            self._pumping = False
+            if self._ended:
+                self._fail_pending()
+
+    def _take_reply_or_defer(self, payload: bytes) -> None:
+        try:
+            message = envelope.decode_json(payload)
+        except ValueError:
+            message = None
+        rid = envelope.request_id_of(message) if isinstance(message, dict) else None
+        if rid is not None and self._pending and rid in self._pending:
+            self.resolve_request(rid, message)  # type: ignore[arg-type]
+            self.namespace.stats.message(time.time())
+        else:
+            self._backlog.append(payload)
 
     def _peer_closed(self, body: bytes) -> None:
         try:

@@ -203,7 +203,7 @@ class FrameDecoder:
             self._frags.append(payload)
             self._frag_len += length
             if fin:
-                op = self._frag_op
+                op = self._frag_op or OP_TEXT  # set by the message's first frame
                 whole = b"".join(self._frags)
                 self._frag_op, self._frags, self._frag_len = None, [], 0
                 events.append(self._finish(op, whole))

@@ -36,7 +36,7 @@ log = logging.getLogger("flask_jpulse_ws")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-class Rejected(Exception):
+class Rejected(Exception):  # noqa: N818 - a control-flow signal, not an error
     """An admission check failed: close with ``code`` after the upgrade."""
 
     def __init__(self, code: int, reason: str) -> None:
@@ -45,7 +45,7 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def serve(state: "AppState") -> Any:
+def serve(state: AppState) -> Any:
     """The view behind every ``/api/1/ws/...`` upgrade request."""
     environ = request.environ
     settings = state.settings
@@ -92,7 +92,7 @@ def serve(state: "AppState") -> Any:
     return _ended(mode)
 
 
-def _admit(state: "AppState", environ: Dict[str, Any], ctx: Context
+def _admit(state: AppState, environ: Dict[str, Any], ctx: Context
            ) -> Tuple[Any, str, Context]:
     settings = state.settings
     raw_path = _raw_path(environ)
@@ -154,7 +154,7 @@ def _client_id(environ: Dict[str, Any]) -> str:
     return str(uuid.uuid4())
 
 
-def _join(state: "AppState", ns: Any, conn: Connection) -> None:
+def _join(state: AppState, ns: Any, conn: Connection) -> None:
     ns.add(conn)
     state.total_connections += 1
     now = time.time()
@@ -167,7 +167,7 @@ def _join(state: "AppState", ns: Any, conn: Connection) -> None:
     state.call_handler(ns.template.connect_handler, conn, "on_connect")
 
 
-def _leave(state: "AppState", conn: Connection) -> None:
+def _leave(state: AppState, conn: Connection) -> None:
     ns = conn.namespace
     ns.discard(conn)
     now = time.time()

@@ -7,10 +7,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from . import concurrency
+from . import concurrency, envelope
 from .auth import reload_user
 from .errors import CloseCode, ErrorCode
-from . import envelope
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
@@ -24,7 +23,7 @@ log = logging.getLogger("flask_jpulse_ws")
 class HealthScheduler:
     """Wakes every ``tick`` seconds and looks at each connection once."""
 
-    def __init__(self, state: "AppState") -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
         s = state.settings
         # Fine enough to honour the pong timeout to within a quarter of it.
@@ -49,7 +48,7 @@ class HealthScheduler:
 
     def run_once(self, now: float) -> None:
         s = self.state.settings
-        to_check: List["Connection"] = []
+        to_check: List[Connection] = []
         for conn in self.state.registry.connections():
             if conn.ping_sent_at is not None:
                 if now - conn.ping_sent_at > s.pong_timeout:
@@ -65,7 +64,7 @@ class HealthScheduler:
             self.revalidate(to_check)
         self.state.sweep_namespaces()
 
-    def revalidate(self, conns: List["Connection"]) -> None:
+    def revalidate(self, conns: List[Connection]) -> None:
         """Reload each user once; close 4401 if gone or inactive, 4403 if demoted."""
         app = self.state.app
         users: Dict[str, Optional[Any]] = {}
@@ -81,7 +80,7 @@ class HealthScheduler:
                         users[uid] = _KEEP
                 self._apply(conn, users[uid])
 
-    def _apply(self, conn: "Connection", user: Any) -> None:
+    def _apply(self, conn: Connection, user: Any) -> None:
         if user is _KEEP or not conn.open:
             return
         if user is None or not getattr(user, "is_active", True):
@@ -99,7 +98,7 @@ class HealthScheduler:
 _KEEP = object()
 
 
-def expire(conn: "Connection") -> None:
+def expire(conn: Connection) -> None:
     """Tell the client its session is over, then close 4401."""
     conn.send_raw_json(envelope.encode_error("Session expired", ErrorCode.SESSION_EXPIRED))
     conn.close(CloseCode.UNAUTHORIZED, "Session expired")

@@ -23,7 +23,7 @@ class Limits:
 
     @classmethod
     def resolve(cls, overrides: Optional[Mapping[str, Any]], max_size: int,
-                interval_ms: int, max_messages: int) -> "Limits":
+                interval_ms: int, max_messages: int) -> Limits:
         """Per key: the namespace's ``message_limits`` value, else the configuration."""
         o = dict(overrides or {})
         unknown = set(o) - {"maxSize", "interval", "maxMessages"}

@@ -11,8 +11,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import (TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence,
-                    Tuple, TypeVar, Union)
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from . import envelope
 from .errors import CloseCode
@@ -134,14 +145,14 @@ class NamespaceTemplate:
 class Namespace:
     """A live namespace of one app: its clients, limits and stats."""
 
-    def __init__(self, state: "AppState", template: NamespaceTemplate, path: str,
+    def __init__(self, state: AppState, template: NamespaceTemplate, path: str,
                  params: Dict[str, str]) -> None:
         self.state = state
         self.template = template
         self.path = path
         self.params = params
         self.dynamic = template.is_pattern
-        self.clients: Dict[str, "Connection"] = {}
+        self.clients: Dict[str, Connection] = {}
         s = state.settings
         self.limits = Limits.resolve(template.message_limits, s.max_message_size,
                                      s.rate_interval, s.rate_max_messages)
@@ -206,12 +217,12 @@ class Namespace:
         return self.state.remove_namespace(self.path, remove_if_empty=True)
 
     # --- membership
-    def add(self, conn: "Connection") -> None:
+    def add(self, conn: Connection) -> None:
         self.clients[conn.client_id] = conn
         self.empty_since = None
         self.stats.connections += 1
 
-    def discard(self, conn: "Connection") -> bool:
+    def discard(self, conn: Connection) -> bool:
         """Remove ``conn`` if it is still the holder of its id (a 4409 may have replaced it)."""
         if self.clients.get(conn.client_id) is conn:
             del self.clients[conn.client_id]
@@ -228,7 +239,7 @@ class Namespace:
 class Registry:
     """Templates and live namespaces of one app; path lookup and the namespace cap."""
 
-    def __init__(self, state: "AppState") -> None:
+    def __init__(self, state: AppState) -> None:
         self.state = state
         self.literals: Dict[str, NamespaceTemplate] = {}
         self.patterns: List[NamespaceTemplate] = []
@@ -300,7 +311,7 @@ class Registry:
             self.remove(path)
         return gone
 
-    def connections(self) -> Iterable["Connection"]:
+    def connections(self) -> Iterable[Connection]:
         for ns in tuple(self.live.values()):
             yield from tuple(ns.clients.values())
 

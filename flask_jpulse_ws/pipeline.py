@@ -22,7 +22,7 @@ __all__ = ["handle_message"]
 log = logging.getLogger("flask_jpulse_ws")
 
 
-def handle_message(conn: "Connection", payload: bytes) -> None:
+def handle_message(conn: Connection, payload: bytes) -> None:
     """Run one received message through the pipeline. Never raises."""
     ns = conn.namespace
     try:
@@ -62,7 +62,7 @@ def handle_message(conn: "Connection", payload: bytes) -> None:
     _run_handler(conn, message, rid)
 
 
-def _run_handler(conn: "Connection", message: dict, rid: Optional[str]) -> None:
+def _run_handler(conn: Connection, message: dict, rid: Optional[str]) -> None:
     handler = conn.namespace.template.message_handler
     conn.begin_message(message, rid)
     try:
@@ -79,7 +79,7 @@ def _run_handler(conn: "Connection", message: dict, rid: Optional[str]) -> None:
     conn.message = None
 
 
-def _reject(conn: "Connection", reason: str, text: str, code: object, details: object,
+def _reject(conn: Connection, reason: str, text: str, code: object, details: object,
             rid: Optional[str], payload: bytes, notify: bool = True) -> None:
     ns = conn.namespace
     ns.drop(reason)

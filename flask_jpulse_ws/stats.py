@@ -140,10 +140,13 @@ class ActivityLog:
     def add(self, now: float, namespace: str, direction: str, username: str = "",
             msg_type: str = "", message: Union[None, str, bytes] = None) -> None:
         """Record one event; ``message`` is cut to its first and last characters."""
-        text = message or ""
+        text: Union[str, bytes] = message or ""
         if len(text) > self._chars:
             keep = self._chars // 2
-            text = text[:keep] + (b" ... " if isinstance(text, bytes) else " ... ") + text[-keep:]
+            if isinstance(text, bytes):
+                text = text[:keep] + b" ... " + text[-keep:]
+            else:
+                text = text[:keep] + " ... " + text[-keep:]
         self._entries.append((now, namespace, direction, username, msg_type, text))
         self._prune(now)
 

@@ -144,6 +144,15 @@ def create_app():
         n = ws.broadcast(body["path"], body["data"], ws.broadcast_context())
         return jsonify(local=n)
 
+    @app.post("/_test/burst")
+    def http_burst():
+        """Broadcast ``count`` numbered frames of ``size`` bytes, back to back."""
+        body = request.get_json()
+        pad = "x" * body.get("size", 10)
+        for seq in range(body["count"]):
+            ws.broadcast(body["path"], {"type": "burst", "data": {"seq": seq, "pad": pad}})
+        return jsonify(sent=body["count"])
+
     @app.post("/_test/send")
     def http_send():
         body = request.get_json()

@@ -1,0 +1,216 @@
+"""Every handshake outcome, in protocol order, against a real gevent server."""
+
+import uuid
+
+import pytest
+from servers import wait_for
+
+from flask_jpulse_ws.testing import HandshakeRefused, WSTestClient
+
+SETTINGS = {"JPULSE_WS_DYNAMIC_GRACE": 0.3}
+
+
+def connect(server, path, **kw):
+    return WSTestClient(server.ws_url(path), **kw)
+
+
+def logged_in(server, name):
+    http = server.http()
+    http.post(f"/_test/login/{name}")
+    return http
+
+
+def test_welcome_names_the_client_namespace_and_limits(server):
+    with connect(server, "/api/1/ws/echo") as c:
+        welcome = c.receive()
+    data = welcome["data"]
+    assert welcome["success"] is True and data["type"] == "connected"
+    assert uuid.UUID(data["data"]["clientId"]).version == 4
+    assert data["data"]["namespace"] == "/api/1/ws/echo"
+    assert data["data"]["limits"] == {"maxSize": 65536, "interval": 1000, "maxMessages": 50}
+    assert data["ctx"] == {"username": ""}
+
+
+def test_foreign_origin_gets_403_before_the_upgrade_and_a_log_line(server):
+    with pytest.raises(HandshakeRefused) as err:
+        connect(server, "/api/1/ws/echo", headers={"Origin": "http://evil.example"})
+    assert err.value.status == 403
+    assert f"expected http://127.0.0.1:{server.port}" in server.log()
+
+
+def test_same_origin_and_no_origin_are_allowed(server):
+    with connect(server, "/api/1/ws/echo",
+                 headers={"Origin": f"http://127.0.0.1:{server.port}"}) as c:
+        assert c.receive(type="connected")
+    with connect(server, "/api/1/ws/echo") as c:  # scripts send no Origin
+        assert c.receive(type="connected")
+
+
+def test_configured_origins_replace_same_origin(make_server):
+    srv = make_server(settings={"JPULSE_WS_ALLOWED_ORIGINS": ["https://app.example.com"]})
+    with connect(srv, "/api/1/ws/echo", headers={"Origin": "https://app.example.com"}) as c:
+        assert c.receive(type="connected")
+    with pytest.raises(HandshakeRefused):
+        connect(srv, "/api/1/ws/echo", headers={"Origin": f"http://127.0.0.1:{srv.port}"})
+
+
+def test_plain_http_request_to_a_namespace_is_not_an_upgrade(server):
+    import urllib.error
+    import urllib.request
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(server.base + "/api/1/ws/echo", timeout=5)
+    assert err.value.code in (400, 404)
+
+
+def test_unknown_path_closes_4404(server):
+    assert connect(server, "/api/1/ws/nothing-here").wait_closed() == 4404
+
+
+def test_trailing_slash_is_a_different_path(server):
+    assert connect(server, "/api/1/ws/echo/").wait_closed() == 4404
+
+
+def test_require_auth_refuses_anonymous_4401_and_accepts_a_login(server):
+    assert connect(server, "/api/1/ws/secure").wait_closed() == 4401
+    http = logged_in(server, "bob")
+    with connect(server, "/api/1/ws/secure", headers={"Cookie": http.cookie_header()}) as c:
+        assert c.receive(type="connected")["data"]["ctx"] == {"username": "bob"}
+
+
+def test_require_roles_is_4403_for_a_user_without_them_and_4401_anonymous(server):
+    bob = logged_in(server, "bob")
+    assert connect(server, "/api/1/ws/admin-only",
+                   headers={"Cookie": bob.cookie_header()}).wait_closed() == 4403
+    assert connect(server, "/api/1/ws/admin-only").wait_closed() == 4401
+    alice = logged_in(server, "alice")
+    with connect(server, "/api/1/ws/admin-only", headers={"Cookie": alice.cookie_header()}) as c:
+        assert c.receive(type="connected")
+
+
+@pytest.mark.parametrize("room, code", [("nope", 4404), ("forbidden", 4403), ("teapot", 4418),
+                                        ("bad-code", 1011), ("explode", 1011)])
+def test_on_create_results_become_close_codes(server, room, code):
+    assert connect(server, f"/api/1/ws/rooms/{room}").wait_closed() == code
+
+
+def test_refused_rooms_leave_no_namespace_behind(server):
+    http = server.http()
+    for i in range(5):
+        connect(server, f"/api/1/ws/rooms/nope{i}").wait_closed()
+    paths = [ns["path"] for ns in http.get("/_test/stats")["namespaces"]]
+    assert not any(p.startswith("/api/1/ws/rooms/nope") for p in paths)
+
+
+def test_on_create_can_enrich_the_context(server):
+    with connect(server, "/api/1/ws/rooms/lobby") as c:
+        c.receive(type="connected")
+        assert c.receive(type="joined")["data"]["data"] == {"room": "lobby"}
+
+
+def test_params_are_percent_decoded_and_slashes_refused(server):
+    with connect(server, "/api/1/ws/open-rooms/caf%C3%A9") as c:
+        assert c.receive(type="connected")["data"]["data"]["namespace"] == \
+            "/api/1/ws/open-rooms/café"
+    assert connect(server, "/api/1/ws/open-rooms/a%2Fb").wait_closed() == 4404
+
+
+@pytest.mark.parametrize("given", ["not-a-uuid", "A1B2C3D4-0000-4000-8000-000000000000",
+                                   "%27%3B%20DROP%20TABLE", ""])
+def test_malformed_client_ids_are_replaced(server, given):
+    with connect(server, f"/api/1/ws/echo?uuid={given}") as c:
+        client_id = c.receive(type="connected")["data"]["data"]["clientId"]
+    assert client_id != given and uuid.UUID(client_id).version == 4
+
+
+def test_a_valid_client_id_is_kept(server):
+    mine = str(uuid.uuid4())
+    with connect(server, f"/api/1/ws/echo?uuid={mine}") as c:
+        assert c.receive(type="connected")["data"]["data"]["clientId"] == mine
+
+
+def test_same_identity_same_id_replaces_the_older_socket_with_4409(server):
+    mine = str(uuid.uuid4())
+    old = connect(server, f"/api/1/ws/echo?uuid={mine}")
+    old.receive(type="connected")
+    with connect(server, f"/api/1/ws/echo?uuid={mine}") as new:
+        assert new.receive(type="connected")["data"]["data"]["clientId"] == mine
+        assert old.wait_closed() == 4409
+        # the newer socket keeps the id: requests addressed to it still arrive
+        assert new.request({"type": "whoami"})["data"]["clientId"] == mine
+
+
+def test_another_identity_never_takes_over_an_id(server):
+    mine = str(uuid.uuid4())
+    victim = connect(server, f"/api/1/ws/echo?uuid={mine}", headers={"User-Agent": "victim"})
+    victim.receive(type="connected")
+    with connect(server, f"/api/1/ws/echo?uuid={mine}",
+                 headers={"User-Agent": "attacker"}) as attacker:
+        given = attacker.receive(type="connected")["data"]["data"]["clientId"]
+    assert given != mine
+    assert victim.request({"type": "whoami"})["data"]["clientId"] == mine
+    victim.close()
+
+
+def test_two_logins_of_one_user_are_different_identities(server):
+    mine = str(uuid.uuid4())
+    first, second = logged_in(server, "bob"), logged_in(server, "bob")
+    a = connect(server, f"/api/1/ws/secure?uuid={mine}", headers={"Cookie": first.cookie_header()})
+    a.receive(type="connected")
+    with connect(server, f"/api/1/ws/secure?uuid={mine}",
+                 headers={"Cookie": second.cookie_header()}) as b:
+        assert b.receive(type="connected")["data"]["data"]["clientId"] != mine
+    a.close()
+
+
+def test_per_ip_cap_closes_4529_and_frees_a_slot_when_one_leaves(make_server):
+    srv = make_server(settings={"JPULSE_WS_MAX_CONNECTIONS_PER_IP": 2})
+    a, b = connect(srv, "/api/1/ws/echo"), connect(srv, "/api/1/ws/echo")
+    a.receive(type="connected")
+    b.receive(type="connected")
+    assert connect(srv, "/api/1/ws/echo").wait_closed() == 4529
+    a.close()
+
+    def third_fits():
+        c = connect(srv, "/api/1/ws/echo")
+        try:
+            return c.receive(type="connected", timeout=1)
+        finally:
+            c.close()
+    wait_for(third_fits, timeout=5, message="a free slot after a client left")
+    b.close()
+
+
+def test_x_forwarded_for_is_ignored_without_trusted_proxies(server):
+    with connect(server, "/api/1/ws/echo", headers={"X-Forwarded-For": "6.6.6.6"}) as c:
+        assert c.request({"type": "whoami"})["data"]["ip"] == "127.0.0.1"
+
+
+def test_x_forwarded_for_counts_behind_a_trusted_proxy(make_server):
+    srv = make_server(settings={"JPULSE_WS_TRUSTED_PROXIES": 1})
+    with connect(srv, "/api/1/ws/echo",
+                 headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.9"}) as c:
+        assert c.request({"type": "whoami"})["data"]["ip"] == "203.0.113.9"
+
+
+def test_public_access_admits_anonymous_clients_to_whitelisted_paths_only(make_server):
+    srv = make_server(settings={"JPULSE_WS_PUBLIC_ACCESS": True,
+                                "JPULSE_WS_PUBLIC_WHITELIST": ["secure"]})
+    with connect(srv, "/api/1/ws/secure") as c:
+        assert c.receive(type="connected")
+    assert connect(srv, "/api/1/ws/admin-only").wait_closed() == 4401
+
+
+def test_namespace_cap_refuses_new_rooms_with_4529_and_keeps_existing_ones(make_server):
+    srv = make_server(settings={"JPULSE_WS_MAX_NAMESPACES": 10})
+    literals = len(srv.http().get("/_test/stats")["namespaces"])
+    held = []
+    for i in range(10 - literals):
+        c = connect(srv, f"/api/1/ws/open-rooms/r{i}")
+        c.receive(type="connected")
+        held.append(c)
+    assert len(srv.http().get("/_test/stats")["namespaces"]) == 10
+    assert connect(srv, "/api/1/ws/open-rooms/one-too-many").wait_closed() == 4529
+    with connect(srv, "/api/1/ws/open-rooms/r0") as again:  # existing rooms still open
+        assert again.receive(type="connected")
+    for c in held:
+        c.close()

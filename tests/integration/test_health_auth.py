@@ -1,0 +1,91 @@
+"""Health pings, pong deadlines, and session re-validation on the ping cycle."""
+
+import time
+
+from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
+
+SETTINGS = {"JPULSE_WS_PING_INTERVAL": 0.2, "JPULSE_WS_PONG_TIMEOUT": 0.5}
+
+
+def login(server, name):
+    http = server.http()
+    http.post(f"/_test/login/{name}")
+    return http
+
+
+def test_server_pings_and_a_client_that_answers_stays(server):
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as c:
+        c.receive(type="connected")
+        assert c.receive_all(1.2) == []  # reading answers the pings
+        assert c.pings_received >= 3
+        assert c.request({"type": "echo", "ok": 1})["data"]["ok"] == 1
+
+
+def test_a_client_that_never_answers_pings_is_cut_after_the_pong_timeout(server):
+    c = WSTestClient(server.ws_url("/api/1/ws/echo"), answer_pings=False)
+    c.receive(type="connected")
+    started = time.monotonic()
+    code = c.wait_closed(timeout=5)
+    elapsed = time.monotonic() - started
+    assert code == 1011 and c.close_reason == "pong timeout"
+    assert elapsed < 0.2 + 0.5 + 0.5  # ping interval + pong timeout + scheduler slack
+    c.close()
+
+
+def test_logout_in_an_http_request_closes_that_sessions_socket_4401(server):
+    http = login(server, "bob")
+    other = login(server, "bob")  # the same user in another browser stays
+    c = WSTestClient(server.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
+    keep = WSTestClient(server.ws_url("/api/1/ws/secure"),
+                        headers={"Cookie": other.cookie_header()})
+    c.receive(type="connected")
+    keep.receive(type="connected")
+    http.post("/_test/logout")
+    expired = c.receive()
+    assert expired["success"] is False and expired["code"] == "SESSION_EXPIRED"
+    assert c.wait_closed() == 4401
+    assert keep.request({"type": "x"})["data"] == {"username": "bob"}
+    keep.close()
+
+
+def test_logout_also_closes_sockets_of_public_namespaces_opened_by_that_session(server):
+    http = login(server, "bob")
+    c = WSTestClient(server.ws_url("/api/1/ws/echo"), headers={"Cookie": http.cookie_header()})
+    c.receive(type="connected")
+    http.post("/_test/logout")
+    try:
+        c.receive()
+    except ConnectionClosedError:
+        pass
+    assert c.wait_closed() == 4401
+
+
+def test_user_deleted_between_pings_gets_session_expired_then_4401(make_server):
+    srv = make_server(settings=SETTINGS)
+    http = login(srv, "bob")
+    c = WSTestClient(srv.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
+    c.receive(type="connected")
+    http.post("/_test/delete/bob")
+    assert c.receive(timeout=3)["code"] == "SESSION_EXPIRED"
+    assert c.wait_closed() == 4401
+
+
+def test_user_who_lost_the_role_is_closed_4403(make_server):
+    srv = make_server(settings=SETTINGS)
+    http = login(srv, "alice")
+    c = WSTestClient(srv.ws_url("/api/1/ws/admin-only"), headers={"Cookie": http.cookie_header()})
+    c.receive(type="connected")
+    http.post("/_test/demote/alice")
+    assert c.wait_closed(timeout=3) == 4403
+
+
+def test_public_access_connections_are_not_revalidated(make_server):
+    srv = make_server(settings={**SETTINGS, "JPULSE_WS_PUBLIC_ACCESS": True,
+                                "JPULSE_WS_PUBLIC_WHITELIST": ["secure"]})
+    http = login(srv, "bob")
+    c = WSTestClient(srv.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
+    c.receive(type="connected")
+    http.post("/_test/delete/bob")
+    assert c.receive_all(1.0) == []  # several ping cycles, still open
+    assert c.request({"type": "x"})["success"] is True
+    c.close()

@@ -1,0 +1,212 @@
+"""The inbound pipeline: every error code, limits, ordering, and 1007/1008/1009."""
+
+import pytest
+
+from flask_jpulse_ws import frames
+from flask_jpulse_ws.testing import WSTestClient
+
+SETTINGS = {"JPULSE_WS_MAX_FRAME_SIZE": 4 * 1024 * 1024,
+            "JPULSE_WS_MAX_MESSAGE_SIZE": 8 * 1024 * 1024, "JPULSE_WS_ABUSE_THRESHOLD": 25}
+
+
+@pytest.fixture
+def client(server):
+    c = WSTestClient(server.ws_url("/api/1/ws/echo"))
+    c.receive(type="connected")
+    yield c
+    c.close()
+
+
+def still_usable(c):
+    return c.request({"type": "echo", "n": 1})["data"]["n"] == 1
+
+
+@pytest.mark.parametrize("raw", [b"null", b"5", b'"x"', b"[]", b"{not json", b"true"])
+def test_non_objects_get_400_and_the_connection_stays_usable(client, raw):
+    client.send_text(raw)
+    reply = client.receive()
+    assert reply["success"] is False and reply["code"] == 400
+    assert still_usable(client)
+
+
+@pytest.mark.parametrize("msg", [{}, {"type": 5}, {"type": None}, {"type": ["a"]}])
+def test_missing_or_non_string_type_is_400(client, msg):
+    client.send(msg)
+    assert client.receive()["code"] == 400
+    assert still_usable(client)
+
+
+def test_reserved_types_are_refused_and_echo_the_request_id(client):
+    client.send({"type": "_resync", "requestId": "r9"})
+    reply = client.receive()
+    assert reply["code"] == "RESERVED_TYPE" and reply["requestId"] == "r9"
+
+
+def test_framework_ping_gets_a_pong_with_its_timestamp(client):
+    client.send({"type": "_ping", "t": 1234})
+    assert client.receive() == {"success": True, "data": {"type": "_pong", "data": {"t": 1234}}}
+
+
+def test_app_ping_is_an_ordinary_message(client):
+    client.send({"type": "ping", "requestId": "p"})
+    assert client.receive()["code"] == "NO_REPLY"  # it reached the handler, which ignored it
+
+
+def test_username_sent_by_a_client_is_overwritten(client):
+    reply = client.request({"type": "whoami", "username": "admin"})
+    assert reply["data"]["sent_username"] == ""
+
+
+def test_wserror_sends_its_message_code_and_details(client):
+    reply = client.request({"type": "fail"})
+    assert reply["success"] is False and reply["error"] == "You asked for it"
+    assert reply["code"] == "ASKED" and reply["details"] == {"why": "test"}
+    assert still_usable(client)
+
+
+def test_unexpected_exception_is_a_generic_500_and_logged(server, client):
+    reply = client.request({"type": "crash"})
+    assert reply["error"] == "Internal server error" and reply["code"] == 500
+    assert "secret internals" not in str(reply)
+    assert "ZeroDivisionError: secret internals" in server.log()
+    assert still_usable(client)
+
+
+def test_request_without_a_reply_gets_no_reply(client):
+    assert client.request({"type": "silent"})["code"] == "NO_REPLY"
+
+
+def test_a_handler_replies_only_once(client):
+    reply = client.request({"type": "echo", "x": 1})
+    assert reply["success"] is True and reply["data"]["x"] == 1
+    assert client.receive_all(0.2) == []
+
+
+def test_messages_from_one_connection_are_handled_in_order(client):
+    for i in range(200):
+        client.send({"type": "echo", "requestId": f"r{i}", "i": i})
+    got = [client.receive()["data"]["i"] for _ in range(50)]
+    assert got == list(range(50))
+
+
+def test_size_limit_per_namespace_override(server):
+    with WSTestClient(server.ws_url("/api/1/ws/small")) as c:
+        assert c.receive(type="connected")["data"]["data"]["limits"]["maxSize"] == 100
+        c.send({"type": "x", "pad": "y" * 200, "requestId": "big"})
+        reply = c.receive()
+        assert reply["code"] == "MESSAGE_TOO_LARGE" and reply["details"]["limit"] == 100
+        assert reply["details"]["size"] > 100
+        assert c.request({"type": "ok"})["data"] == {"ok": True}
+
+
+def test_rate_limit_notifies_once_per_window_and_always_for_requests(server):
+    with WSTestClient(server.ws_url("/api/1/ws/small")) as c:
+        c.receive(type="connected")
+        for _ in range(6):  # maxMessages is 3 per second here
+            c.send({"type": "flood"})
+        frames_ = c.receive_all(0.3)
+        limited = [f for f in frames_ if f.get("code") == "RATE_LIMIT_EXCEEDED"]
+        assert len(limited) == 1
+        assert limited[0]["details"]["maxMessages"] == 3
+        assert 0 <= limited[0]["details"]["retryAfterMs"] <= 1000
+        c.send({"type": "flood", "requestId": "q"})
+        reply = c.receive()
+        assert reply["code"] == "RATE_LIMIT_EXCEEDED" and reply["requestId"] == "q"
+
+
+def test_drops_are_counted_by_reason(server):
+    with WSTestClient(server.ws_url("/api/1/ws/small")) as c:
+        c.receive(type="connected")
+        c.send_text(b"nope")
+        c.send({"type": "x", "pad": "y" * 200})
+        c.send({"type": "_x"})
+        c.receive_all(0.3)
+    ns = server.http().get("/_test/namespace?path=/api/1/ws/small")
+    assert ns["dropped"]["invalid"] >= 1 and ns["dropped"]["oversize"] >= 1
+    assert ns["dropped"]["reserved"] >= 1
+
+
+def test_repeated_violations_close_1008(server):
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as c:
+        c.receive(type="connected")
+        for _ in range(30):
+            c.send_text(b"garbage")
+        assert c.wait_closed() == 1008
+
+
+def test_frame_over_the_cap_closes_1009(server):
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as c:
+        c.receive(type="connected")
+        c.send_frame(frames.OP_TEXT, b"x" * (4 * 1024 * 1024 + 1))
+        assert c.wait_closed() == 1009
+
+
+def test_four_mib_message_round_trips_when_the_cap_allows_it(server):
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as c:
+        c.receive(type="connected")
+        blob = "z" * (4 * 1024 * 1024 - 100)
+        reply = c.request({"type": "echo", "blob": blob}, timeout=20)
+        assert reply["data"]["blob"] == blob
+
+
+def test_invalid_utf8_text_closes_1007(client):
+    client.send_frame(frames.OP_TEXT, b'{"type":"\xff"}')
+    assert client.wait_closed() == 1007
+
+
+def test_fragmented_message_with_a_ping_between_fragments(client):
+    client.send_frame(frames.OP_TEXT, b'{"type":"echo",', fin=False)
+    client.send_frame(frames.OP_PING, b"hi")
+    client.send_frame(frames.OP_CONT, b'"requestId":"f","v":2}', fin=True)
+    assert client.receive()["data"]["v"] == 2
+
+
+def test_binary_frames_carrying_json_are_accepted(client):
+    client.send_frame(frames.OP_BINARY, b'{"type":"echo","requestId":"b","v":3}')
+    assert client.receive()["data"]["v"] == 3
+
+
+def test_close_handshake_completes_with_the_clients_code(server):
+    c = WSTestClient(server.ws_url("/api/1/ws/echo"))
+    c.receive(type="connected")
+    c.sock.sendall(frames.close_frame(4000, "bye", mask=True))
+    assert c.wait_closed() == 4000
+
+
+def test_server_can_ask_its_own_client_from_a_handler(client):
+    client.send({"type": "ask-me", "requestId": "outer", "timeout": 5})
+    question = client.receive(type="question")
+    assert question["requestId"] and question["data"]["ctx"] == {"username": ""}
+    client.send({"type": "echo", "requestId": "queued", "n": 7})  # arrives while it waits
+    client.send({"type": "answer", "requestId": question["requestId"], "v": 42})
+    outer = client.receive()
+    assert outer["requestId"] == "outer"
+    assert outer["data"]["success"] is True and outer["data"]["data"]["v"] == 42
+    assert client.receive()["requestId"] == "queued"  # handled after, in order
+
+
+def test_server_request_times_out_when_the_client_does_not_answer(client):
+    client.send({"type": "ask-me", "requestId": "outer", "timeout": 0.3})
+    client.receive(type="question")
+    outer = client.receive()
+    assert outer["data"]["code"] == "REQUEST_TIMEOUT"
+
+
+def test_client_error_reply_to_a_server_request_is_passed_on(client):
+    client.send({"type": "ask-me", "requestId": "outer", "timeout": 5})
+    question = client.receive(type="question")
+    client.send({"success": False, "error": "no way", "code": "NOPE",
+                 "requestId": question["requestId"]})
+    outer = client.receive()["data"]
+    assert outer == {"success": False, "error": "no way", "code": "NOPE",
+                     "requestId": question["requestId"]}
+
+
+def test_only_the_asked_connection_can_answer(server, client):
+    client.send({"type": "ask-me", "requestId": "outer", "timeout": 1})
+    question = client.receive(type="question")
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as intruder:
+        intruder.receive(type="connected")
+        intruder.send({"type": "answer", "requestId": question["requestId"], "v": "forged"})
+        intruder.receive_all(0.2)
+    assert client.receive(timeout=3)["data"]["code"] == "REQUEST_TIMEOUT"

@@ -1,0 +1,122 @@
+"""The sans-I/O WebSocket codec."""
+
+import struct
+
+import pytest
+
+from flask_jpulse_ws import frames
+from flask_jpulse_ws.frames import FrameDecoder, ProtocolError, encode_frame
+
+
+def client_frame(opcode, payload, fin=True):
+    return encode_frame(opcode, payload, fin=fin, mask=True)
+
+
+def test_accept_key_matches_rfc_example():
+    """RFC 6455 section 1.3 gives this key and answer."""
+    assert frames.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+def test_client_key_must_be_16_bytes_of_base64():
+    assert frames.valid_client_key("dGhlIHNhbXBsZSBub25jZQ==")
+    assert not frames.valid_client_key("short")
+    assert not frames.valid_client_key("")
+    assert not frames.valid_client_key(None)
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 1 << 20])
+def test_masked_frames_round_trip_at_every_length_boundary(size):
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    decoder = FrameDecoder(2 << 20)
+    assert decoder.feed(client_frame(frames.OP_BINARY, payload)) == [(frames.OP_BINARY, payload)]
+
+
+def test_bytes_arriving_one_at_a_time_make_the_same_message():
+    decoder = FrameDecoder(1024)
+    data = client_frame(frames.OP_TEXT, b'{"type":"x"}')
+    events = []
+    for i in range(len(data)):
+        events += decoder.feed(data[i:i + 1])
+    assert events == [(frames.OP_TEXT, b'{"type":"x"}')]
+
+
+def test_fragments_are_joined_and_control_frames_between_them_pass():
+    decoder = FrameDecoder(1024)
+    data = (client_frame(frames.OP_TEXT, b"hel", fin=False)
+            + client_frame(frames.OP_PING, b"p")
+            + client_frame(frames.OP_CONT, b"lo", fin=False)
+            + client_frame(frames.OP_CONT, b"!", fin=True))
+    assert decoder.feed(data) == [(frames.OP_PING, b"p"), (frames.OP_TEXT, b"hello!")]
+
+
+def test_message_over_the_cap_fails_from_its_header_before_buffering():
+    decoder = FrameDecoder(100)
+    header_only = client_frame(frames.OP_TEXT, b"x" * 101)[:8]
+    with pytest.raises(ProtocolError) as err:
+        decoder.feed(header_only)
+    assert err.value.code == 1009
+
+
+def test_fragments_adding_up_past_the_cap_fail():
+    decoder = FrameDecoder(100)
+    decoder.feed(client_frame(frames.OP_TEXT, b"x" * 60, fin=False))
+    with pytest.raises(ProtocolError) as err:
+        decoder.feed(client_frame(frames.OP_CONT, b"x" * 60))
+    assert err.value.code == 1009
+
+
+def test_invalid_utf8_text_is_1007():
+    with pytest.raises(ProtocolError) as err:
+        FrameDecoder(100).feed(client_frame(frames.OP_TEXT, b"\xff\xfe"))
+    assert err.value.code == 1007
+
+
+def test_utf8_split_across_fragments_is_valid():
+    snowman = "☃".encode()
+    data = client_frame(frames.OP_TEXT, snowman[:1], fin=False) + \
+        client_frame(frames.OP_CONT, snowman[1:])
+    assert FrameDecoder(100).feed(data) == [(frames.OP_TEXT, snowman)]
+
+
+@pytest.mark.parametrize("raw, why", [
+    (encode_frame(frames.OP_TEXT, b"x"), "unmasked client frame"),
+    (client_frame(frames.OP_CONT, b"x"), "continuation without a message"),
+    (client_frame(frames.OP_PING, b"x" * 126), "control frame over 125 bytes"),
+    (client_frame(frames.OP_PING, b"x", fin=False), "fragmented control frame"),
+    (client_frame(0x3, b"x"), "unknown opcode"),
+    (bytes([0x80 | 0x40 | 0x1]) + client_frame(frames.OP_TEXT, b"x")[1:], "RSV1 without extension"),
+])
+def test_protocol_violations_are_1002(raw, why):
+    with pytest.raises(ProtocolError) as err:
+        FrameDecoder(1024).feed(raw)
+    assert err.value.code == 1002, why
+
+
+def test_new_message_inside_a_fragmented_one_is_1002():
+    decoder = FrameDecoder(1024)
+    decoder.feed(client_frame(frames.OP_TEXT, b"a", fin=False))
+    with pytest.raises(ProtocolError):
+        decoder.feed(client_frame(frames.OP_TEXT, b"b"))
+
+
+def test_close_bodies_parse_and_bad_ones_fail():
+    assert frames.parse_close(b"") == (1005, "")
+    assert frames.parse_close(struct.pack("!H", 4401) + b"bye") == (4401, "bye")
+    for bad in (b"\x03", struct.pack("!H", 1005), struct.pack("!H", 999)):
+        with pytest.raises(ProtocolError):
+            frames.parse_close(bad)
+    with pytest.raises(ProtocolError) as err:
+        frames.parse_close(struct.pack("!H", 1000) + b"\xff")
+    assert err.value.code == 1007
+
+
+def test_server_frames_are_unmasked_and_shared_by_every_recipient():
+    frame = frames.text_frame(b"{}")
+    assert frame == b"\x81\x02{}"
+    assert FrameDecoder(10, expect_mask=False).feed(frame) == [(frames.OP_TEXT, b"{}")]
+
+
+def test_nothing_after_a_close_frame_is_decoded():
+    decoder = FrameDecoder(100)
+    events = decoder.feed(frames.close_frame(1000, mask=True) + client_frame(frames.OP_TEXT, b"x"))
+    assert [op for op, _ in events] == [frames.OP_CLOSE]

@@ -1,0 +1,53 @@
+"""Size, rate and abuse arithmetic."""
+
+import pytest
+
+from flask_jpulse_ws.limits import AbuseCounter, Limits, RateWindow
+
+
+def test_namespace_overrides_fall_back_per_key_to_the_configuration():
+    limits = Limits.resolve({"maxSize": 10}, 65536, 1000, 50)
+    assert limits.as_wire() == {"maxSize": 10, "interval": 1000, "maxMessages": 50}
+
+
+def test_unknown_or_non_positive_limits_are_refused():
+    with pytest.raises(ValueError, match="maxsize"):
+        Limits.resolve({"maxsize": 1}, 1, 1, 1)
+    with pytest.raises(ValueError):
+        Limits.resolve({"maxMessages": 0}, 1, 1, 1)
+
+
+def test_window_accepts_max_messages_then_drops_until_it_slides():
+    window = RateWindow(Limits(100, 1000, 3))
+    assert [window.check(t).allowed for t in (0.0, 0.1, 0.2)] == [True] * 3
+    dropped = window.check(0.3)
+    assert not dropped.allowed and dropped.retry_after_ms == 700
+    assert window.check(1.05).allowed  # the message at 0.0 left the window
+
+
+def test_dropped_messages_do_not_extend_the_window():
+    window = RateWindow(Limits(100, 1000, 1))
+    window.check(0.0)
+    for t in (0.2, 0.4, 0.9):
+        assert not window.check(t).allowed
+    assert window.check(1.01).allowed
+
+
+def test_client_is_told_once_per_window_but_always_for_requests():
+    window = RateWindow(Limits(100, 1000, 1))
+    window.check(0.0)
+    assert window.check(0.1).notify
+    assert not window.check(0.2).notify
+    assert window.check(0.3, has_request_id=True).notify
+    # the flag resets when a message finds the window empty
+    assert window.check(5.0).allowed
+    assert not window.check(5.1).allowed and window.check(5.2).notify is False
+    assert window.check(10.0).allowed and window.check(10.1).notify
+
+
+def test_abuse_counter_trips_at_the_threshold_inside_its_window():
+    counter = AbuseCounter(threshold=3, window=10)
+    assert not counter.hit(0) and not counter.hit(1)
+    assert counter.hit(2)
+    fresh = AbuseCounter(threshold=3, window=10)
+    assert not any(fresh.hit(t) for t in (0, 11, 22, 33))
