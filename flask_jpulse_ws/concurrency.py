@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 __all__ = ["using_gevent", "spawn", "spawn_later", "sleep", "Event", "Lock",
-           "nonblocking_send", "AsyncResult", "monotonic", "current", "wait_readable"]
+           "nonblocking_send", "AsyncResult", "monotonic"]
 
 _gevent: Optional[bool] = None
 monotonic = time.monotonic
@@ -52,25 +52,6 @@ def spawn_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     t.daemon = True
     t.start()
     return t
-
-
-def current() -> Any:
-    """The running greenlet, or the running thread."""
-    if using_gevent():
-        import gevent
-        return gevent.getcurrent()
-    return threading.current_thread()
-
-
-def wait_readable(sock: Any, timeout: float) -> bool:
-    """Wait until ``sock`` has data (or EOF) for at most ``timeout`` seconds."""
-    if using_gevent():
-        from gevent.select import select as gselect
-        readable, _, _ = gselect([sock], [], [], max(0.0, timeout))
-    else:
-        import select
-        readable, _, _ = select.select([sock], [], [], max(0.0, timeout))
-    return bool(readable)
 
 
 def sleep(seconds: float) -> None:

@@ -36,6 +36,8 @@ _NO_LOCK = contextlib.nullcontext()
 def _ignore(conn: Connection, payload: bytes) -> None:
     """Message sink until ``run()`` installs the pipeline."""
 _RECV_BYTES = 65536
+#: Messages waiting for a busy handler before the reader stops reading.
+_INBOX_MAX = 64
 
 
 class Connection:
@@ -80,13 +82,15 @@ class Connection:
         self._pending: Optional[Dict[str, concurrency.AsyncResult]] = None
         self._request_id: Optional[str] = None
         self._replied = False
-        # Reader state: the decoder, and messages read while a handler waited on request().
+        # Reader state, and the inbox of messages waiting for the app handler.
         self._decoder = frames.FrameDecoder(settings.max_frame_size)
-        self._reader: Any = None
         self._on_message: Callable[[Connection, bytes], None] = _ignore
-        self._backlog: Deque[bytes] = deque()
-        self._pumping = False
-        self._ended = False
+        self._inbox: Deque[Any] = deque()
+        self._handling = False
+        self._idle = concurrency.Event()
+        self._idle.set()
+        self._inbox_space = concurrency.Event()
+        self._inbox_space.set()
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.namespace.path} {self.ctx.username!r}>"
@@ -209,11 +213,7 @@ class Connection:
             return {"success": False, "error": "Client not connected",
                     "code": ErrorCode.NOT_CONNECTED, "requestId": rid}
         self.namespace.record_sent(data.get("type", ""), 1, self.ctx.username)
-        if concurrency.current() is self._reader:
-            # Asked from this connection's own handler: nobody else reads this
-            # socket, so read it here; other messages wait in the backlog, in order.
-            self._pump_until(waiter, timeout)
-        if not waiter.wait(0 if concurrency.current() is self._reader else timeout):
+        if not waiter.wait(timeout):
             self._pending.pop(rid, None)
             return {"success": False, "error": f"No reply within {timeout} s",
                     "code": ErrorCode.REQUEST_TIMEOUT, "requestId": rid}
@@ -300,22 +300,22 @@ class Connection:
     # ----------------------------------------------------------------- inbound
 
     def run(self, on_message: Callable[[Connection, bytes], None]) -> None:
-        """Read until the connection ends; messages are handled in order, here."""
-        self._reader = concurrency.current()
+        """Read until the connection ends, passing each message to ``on_message``.
+
+        ``on_message`` runs here, in the reader: it does the cheap pipeline steps
+        (limits, parsing, ``_ping``, replies to server requests) and hands app
+        messages to :meth:`enqueue`, so a slow handler never delays a pong.
+        """
         self._on_message = on_message
         recv = self.sock.recv
         try:
-            while not self._ended:
-                if self._backlog:
-                    on_message(self, self._backlog.popleft())
-                    continue
+            while True:
                 data = recv(_RECV_BYTES)
                 if not data or not self._process(data):
                     return
         except OSError:
             return
         finally:
-            self._ended = True
             self.open = False
             if self._cut_timer is not None:
                 self._cut_timer.cancel()
@@ -332,11 +332,7 @@ class Connection:
             return False
         for opcode, payload in events:
             if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-                if self._close_sent:
-                    continue
-                if self._pumping:
-                    self._take_reply_or_defer(payload)
-                else:
+                if not self._close_sent:
                     self._on_message(self, payload)
             elif opcode == frames.OP_PONG:
                 self.ping_sent_at = None
@@ -347,35 +343,44 @@ class Connection:
                 return False
         return True
 
-    def _pump_until(self, waiter: concurrency.AsyncResult, timeout: float) -> None:
-        deadline = concurrency.monotonic() + timeout
-        self._pumping = True
-        try:
-            while not waiter.wait(0) and not self._ended:
-                remaining = deadline - concurrency.monotonic()
-                if remaining <= 0 or not concurrency.wait_readable(self.sock, remaining):
-                    return
-                data = self.sock.recv(_RECV_BYTES)
-                if not data or not self._process(data):
-                    self._ended = True
-        except OSError:
-            self._ended = True
-        finally:
-            self._pumping = False
-            if self._ended:
-                self._fail_pending()
+    # ------------------------------------------------------------- handlers
 
-    def _take_reply_or_defer(self, payload: bytes) -> None:
-        try:
-            message = envelope.decode_json(payload)
-        except ValueError:
-            message = None
-        rid = envelope.request_id_of(message) if isinstance(message, dict) else None
-        if rid is not None and self._pending and rid in self._pending:
-            self.resolve_request(rid, message)  # type: ignore[arg-type]
-            self.namespace.stats.message(time.time())
-        else:
-            self._backlog.append(payload)
+    def enqueue(self, message: Dict[str, Any], request_id: Optional[str],
+                run: Callable[[Connection, Dict[str, Any], Optional[str]], None]) -> None:
+        """Queue an accepted message for the app handler; messages run in order.
+
+        The handler task exists only while messages wait (no idle greenlet per
+        socket). A full inbox makes the reader wait, which pushes back on the
+        client through TCP instead of growing memory.
+        """
+        with self._lock:
+            self._inbox.append((message, request_id))
+            start = not self._handling
+            self._handling = True
+        if start:
+            self._idle.clear()
+            concurrency.spawn(self._handle_inbox, run)
+        if len(self._inbox) >= _INBOX_MAX:
+            self._inbox_space.clear()
+            if len(self._inbox) >= _INBOX_MAX:
+                self._inbox_space.wait()
+
+    def _handle_inbox(self, run: Callable[[Connection, Dict[str, Any], Optional[str]], None]
+                      ) -> None:
+        while True:
+            with self._lock:
+                if not self._inbox:
+                    self._handling = False
+                    break
+                message, request_id = self._inbox.popleft()
+            self._inbox_space.set()
+            run(self, message, request_id)
+        self._inbox_space.set()
+        self._idle.set()
+
+    def wait_handlers(self, timeout: float) -> bool:
+        """Wait until queued messages have been handled (before ``on_disconnect``)."""
+        return bool(self._idle.wait(timeout))
 
     def _peer_closed(self, body: bytes) -> None:
         try:

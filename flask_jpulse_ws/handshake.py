@@ -32,6 +32,9 @@ __all__ = ["serve", "UUID_RE"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
+#: Seconds ``on_disconnect`` waits for the connection's queued messages to be handled.
+_HANDLER_DRAIN_TIMEOUT = 30.0
+
 #: Canonical lowercase UUID, any version.
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -170,6 +173,9 @@ def _join(state: AppState, ns: Any, conn: Connection) -> None:
 def _leave(state: AppState, conn: Connection) -> None:
     ns = conn.namespace
     ns.discard(conn)
+    if not conn.wait_handlers(_HANDLER_DRAIN_TIMEOUT):
+        log.warning("on_message handlers of %s still running after %.0f s; calling "
+                    "on_disconnect anyway", ns.path, _HANDLER_DRAIN_TIMEOUT)
     now = time.time()
     ns.stats.touch(now)
     state.activity.add(now, ns.path, "disconnected", conn.ctx.username,

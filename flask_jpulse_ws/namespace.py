@@ -158,7 +158,6 @@ class Namespace:
                                      s.rate_interval, s.rate_max_messages)
         self.limits_wire = self.limits.as_wire()
         self.stats = NamespaceStats(time.time())
-        self.empty_since: Optional[float] = time.monotonic()
         self.removed = False
 
     def __repr__(self) -> str:
@@ -219,15 +218,15 @@ class Namespace:
     # --- membership
     def add(self, conn: Connection) -> None:
         self.clients[conn.client_id] = conn
-        self.empty_since = None
+        self.state.registry.empty_since.pop(self.path, None)
         self.stats.connections += 1
 
     def discard(self, conn: Connection) -> bool:
         """Remove ``conn`` if it is still the holder of its id (a 4409 may have replaced it)."""
         if self.clients.get(conn.client_id) is conn:
             del self.clients[conn.client_id]
-            if not self.clients:
-                self.empty_since = time.monotonic()
+            if not self.clients and self.dynamic and not self.removed:
+                self.state.registry.empty_since[self.path] = time.monotonic()
             return True
         return False
 
@@ -244,6 +243,8 @@ class Registry:
         self.literals: Dict[str, NamespaceTemplate] = {}
         self.patterns: List[NamespaceTemplate] = []
         self.live: Dict[str, Namespace] = {}
+        #: Dynamic namespaces without clients -> since when (monotonic), oldest first.
+        self.empty_since: Dict[str, float] = {}
 
     def add_template(self, template: NamespaceTemplate) -> None:
         if template.path in self.literals or any(p.path == template.path
@@ -291,12 +292,18 @@ class Registry:
         if ns is not None:
             return ns
         if len(self.live) >= self.state.settings.max_namespaces:
-            return None
+            # The oldest empty room makes way at once, so a flood of room paths
+            # cannot lock everyone out for the grace period.
+            if not self.empty_since:
+                return None
+            self.remove(next(iter(self.empty_since)))
         ns = Namespace(self.state, template, path, params)
         self.live[path] = ns
+        self.empty_since[path] = time.monotonic()  # until its first client arrives
         return ns
 
     def remove(self, path: str) -> Optional[Namespace]:
+        self.empty_since.pop(path, None)
         ns = self.live.pop(path, None)
         if ns is not None:
             ns.removed = True
@@ -304,9 +311,11 @@ class Registry:
 
     def sweep_empty(self, now_mono: float, grace: float) -> List[str]:
         """Remove dynamic namespaces that have been empty for ``grace`` seconds."""
-        gone = [path for path, ns in self.live.items()
-                if ns.dynamic and not ns.clients and ns.empty_since is not None
-                and now_mono - ns.empty_since >= grace]
+        gone = []
+        for path, since in self.empty_since.items():  # oldest first
+            if now_mono - since < grace:
+                break
+            gone.append(path)
         for path in gone:
             self.remove(path)
         return gone

@@ -59,15 +59,17 @@ def handle_message(conn: Connection, payload: bytes) -> None:
     state = ns.state
     state.total_messages += 1
     state.activity.add(now, ns.path, "received", username, msg_type, payload)
-    _run_handler(conn, message, rid)
+    conn.enqueue(message, rid, run_handler)
 
 
-def _run_handler(conn: Connection, message: dict, rid: Optional[str]) -> None:
+def run_handler(conn: Connection, message: dict, rid: Optional[str]) -> None:
+    """Call the app's ``on_message`` (in an app context); answer errors and NO_REPLY."""
     handler = conn.namespace.template.message_handler
     conn.begin_message(message, rid)
     try:
         if handler is not None:
-            handler(conn)
+            with conn.namespace.state.app.app_context():
+                handler(conn)
     except WSError as exc:
         conn.reply_error(exc.message, exc.code, exc.details)
     except Exception as exc:  # the connection must outlive any handler bug

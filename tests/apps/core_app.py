@@ -96,6 +96,10 @@ def create_app():
             conn.reply(result)
         elif t == "echo":
             conn.reply(msg)
+        elif t == "sleep":
+            import time
+            time.sleep(msg.get("seconds", 1))  # cooperative under gevent's monkey-patching
+            conn.reply({"slept": True})
 
     @secure.on_message
     def on_secure(conn):
