@@ -1,30 +1,40 @@
-"""Helpers for test suites: a blocking WebSocket test client with ``receive(type=...)``.
+"""Helpers for test suites: a real server for your app, and a blocking WebSocket
+test client with ``receive(type=...)``.
 
 Plain sockets and threads; no gevent needed in the test process::
 
-    with WSTestClient("ws://127.0.0.1:5000/api/1/ws/chat") as c:
-        welcome = c.receive(type="connected")
-        c.send({"type": "chat", "data": {"text": "hi"}})
-        echo = c.receive(type="chat", timeout=2)
+    with live_server(create_app(), login=("/login", {"username": "ann"})) as server:
+        with server.client("/api/1/ws/chat") as c:   # a WSTestClient, logged in
+            welcome = c.receive(type="connected")
+            c.send({"type": "chat", "data": {"text": "hi"}})
+            echo = c.receive(type="chat", timeout=2)
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import json
 import os
 import socket
+import threading
 import time
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.cookiejar import CookieJar
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 import orjson
 
 from . import frames
 
-__all__ = ["WSTestClient", "HandshakeRefused", "ConnectionClosedError"]
+__all__ = ["WSTestClient", "HandshakeRefused", "ConnectionClosedError", "live_server",
+           "LiveServer", "HTTPSession", "HTTPResponse"]
 
 
-class HandshakeRefused(Exception):
+class HandshakeRefused(Exception):  # noqa: N818 - public name, kept
     """The server answered the upgrade with an HTTP status instead of 101."""
 
     def __init__(self, status: int, body: bytes) -> None:
@@ -217,10 +227,152 @@ class WSTestClient:
         except OSError:
             pass
 
-    def __enter__(self) -> "WSTestClient":
+    def __enter__(self) -> WSTestClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
 
+# ------------------------------------------------------------------ live server
+
+class HTTPResponse:
+    """What :class:`HTTPSession` returns: ``status``, ``headers``, ``body`` and ``json()``."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = dict(headers)
+        self.body = body
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        return f"<HTTPResponse {self.status} {self.body[:60]!r}>"
+
+
+class HTTPSession:
+    """A small cookie-keeping HTTP client (one browser session), stdlib only.
+
+    Redirects are followed; an HTTP error status is returned, not raised.
+    """
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.jar = CookieJar()
+        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def request(self, method: str, path: str, *, data: Optional[Mapping[str, Any]] = None,
+                json_body: Any = None, headers: Optional[Mapping[str, str]] = None,
+                timeout: float = 10.0) -> HTTPResponse:
+        """``data`` is sent as a form, ``json_body`` as JSON."""
+        body: Optional[bytes] = None
+        hdrs = dict(headers or {})
+        if data is not None:
+            body = urllib.parse.urlencode(data).encode()
+            hdrs.setdefault("Content-Type", "application/x-www-form-urlencoded")
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        url = path if "://" in path else self.base_url + path
+        req = urllib.request.Request(url, data=body, method=method, headers=hdrs)
+        try:
+            with self._opener.open(req, timeout=timeout) as resp:
+                return HTTPResponse(resp.status, dict(resp.headers.items()), resp.read())
+        except urllib.error.HTTPError as err:
+            return HTTPResponse(err.code, dict(err.headers.items()), err.read())
+
+    def get(self, path: str, **kwargs: Any) -> HTTPResponse:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> HTTPResponse:
+        return self.request("POST", path, **kwargs)
+
+    @property
+    def cookies(self) -> Dict[str, str]:
+        """The session's cookies by name (pass to ``client.connect(cookies=...)``)."""
+        return {c.name: c.value for c in self.jar if c.value is not None}
+
+
+class LiveServer:
+    """What :func:`live_server` yields: the running app's addresses and an HTTP session."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        #: ``http://127.0.0.1:<port>``
+        self.url = f"http://{host}:{port}"
+        #: A cookie-keeping HTTP session; after ``login=`` it is logged in.
+        self.http = HTTPSession(self.url)
+
+    def ws_url(self, path: str) -> str:
+        """``ws://127.0.0.1:<port><path>``."""
+        return f"ws://{self.host}:{self.port}{path}"
+
+    @property
+    def cookies(self) -> Dict[str, str]:
+        """The HTTP session's cookies, for ``flask_jpulse_ws.client.connect(cookies=...)``."""
+        return self.http.cookies
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        """Request headers carrying the HTTP session's cookies, for :class:`WSTestClient`."""
+        cookie = "; ".join(f"{k}={v}" for k, v in self.http.cookies.items())
+        return {"Cookie": cookie} if cookie else {}
+
+    def login(self, path: str, form: Mapping[str, Any]) -> HTTPResponse:
+        """POST ``form`` to the app's own login route with the session's cookies.
+
+        :raises AssertionError: the app answered with an error status.
+        """
+        resp = self.http.post(path, data=form)
+        if resp.status >= 400:
+            raise AssertionError(f"login through POST {path} failed: {resp!r}")
+        return resp
+
+    def client(self, path: str, **kwargs: Any) -> WSTestClient:
+        """A :class:`WSTestClient` on ``path`` with the session's cookies."""
+        headers = {**self.headers, **kwargs.pop("headers", {})}
+        return WSTestClient(self.ws_url(path), headers=headers, **kwargs)
+
+
+@contextlib.contextmanager
+def live_server(app: Any, port: Optional[int] = None,
+                login: Optional[Tuple[str, Mapping[str, Any]]] = None
+                ) -> Iterator[LiveServer]:
+    """Serve ``app`` on a real socket for the ``with`` block; yield a :class:`LiveServer`.
+
+    A threaded werkzeug server in a background thread (the one ``flask run`` uses), so
+    any app object works and the test process needs no gevent.
+
+    :param app: a Flask app with ``JPulseWS`` initialised.
+    :param port: default: a free port chosen by the OS.
+    :param login: ``(path, form)``: log in through the app's own login route first; the
+        session cookie then reaches WebSocket clients through ``server.headers``,
+        ``server.cookies`` and ``server.client(path)``.
+
+    Example::
+
+        with live_server(create_app(), login=("/login", {"username": "ann"})) as server:
+            with server.client("/api/1/ws/chat") as c:
+                assert c.receive(type="connected")["data"]["data"]["clientId"]
+    """
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", port or 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                              name=f"live_server:{server.server_port}", daemon=True)
+    thread.start()
+    try:
+        live = LiveServer("127.0.0.1", server.server_port)
+        if login is not None:
+            live.login(*login)
+        yield live
+    finally:
+        server.shutdown()  # stops accepting; open WebSocket threads end with their sockets
+        server.server_close()
+        thread.join(5)

@@ -1,0 +1,697 @@
+"""The Python client: the browser client's semantics for scripts, workers and tests.
+
+One reader (a thread, or a greenlet when ``socket`` is monkey-patched by gevent)
+per connection does everything that is not a call from the application: the
+handshake, reading frames, the ``_ping``/``_pong`` heartbeat, the backoff between
+attempts. Writes from any thread go through one lock and ``sendall``, so frames
+never interleave. Statuses and close codes follow protocol.md sections 3 and 6::
+
+    from flask_jpulse_ws.client import connect
+
+    chat = connect("ws://127.0.0.1:5000/api/1/ws/chat", cookies={"session": "..."})
+    chat.on_status_change(lambda new, old: print(old, "->", new))
+    chat.on_message(lambda frame: print(frame["data"]))
+    chat.wait_connected(5)
+    chat.send({"type": "say", "text": "hi"})            # True / False
+    reply = chat.request({"type": "get-state"})         # never raises
+    chat.disconnect()
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import random
+import socket
+import ssl
+import time
+import uuid
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import orjson
+
+from . import concurrency, frames
+
+__all__ = [
+    "connect", "get_connections", "WSClient", "close_action",
+    "CONNECTING", "CONNECTED", "RECONNECTING", "DISCONNECTED", "AUTH_REQUIRED",
+]
+
+log = logging.getLogger("flask_jpulse_ws.client")
+
+CONNECTING = "connecting"
+CONNECTED = "connected"
+RECONNECTING = "reconnecting"
+DISCONNECTED = "disconnected"
+AUTH_REQUIRED = "auth-required"
+
+#: Delays land in (0.8 d, d]: clients dropped together come back spread out, never later
+#: than the documented backoff (the browser client's rule).
+JITTER = 0.2
+#: A handshake that has not produced the welcome within max(this, ping + pong) fails.
+HANDSHAKE_FLOOR = 10.0
+#: Timed-out request ids remembered, so a late reply is dropped, not taken for a request.
+EXPIRED_MEMORY = 64
+#: Largest inbound message; the server's own frame cap is 1 MiB by default.
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+#: Identifies this client in server logs; also half of the anonymous identity (IP, UA).
+USER_AGENT = "flask-jpulse-ws-python"
+
+StatusCallback = Callable[[str, str], Any]
+MessageCallback = Callable[[Dict[str, Any]], Any]
+ResyncCallback = Callable[[Dict[str, Any]], Any]
+
+_registry: List[WSClient] = []
+_registry_lock = concurrency.Lock()
+
+
+def close_action(code: int) -> str:
+    """What a close code asks of the client (protocol.md section 3).
+
+    ``auth`` (stop, auth-required), ``replaced`` (new id, reconnect now), ``full``
+    (backoff at the maximum delay), ``stop`` (disconnected) or ``retry`` (backoff).
+    """
+    if code in (4401, 4403):
+        return "auth"
+    if code == 4409:
+        return "replaced"
+    if code == 4529:
+        return "full"
+    if 4000 <= code <= 4499:
+        return "stop"  # 4404 and application refusals
+    return "retry"  # 1000/1005 we did not ask for, 1001, 1006, 1008, 1009, 1011, 4503, 45xx
+
+
+def _failure(code: str, error: str, **extra: Any) -> Dict[str, Any]:
+    return {"success": False, "code": code, "error": error, **extra}
+
+
+def _frame_type(frame: Dict[str, Any]) -> Any:
+    data = frame.get("data") if frame.get("success") is True else None
+    return data.get("type") if isinstance(data, dict) else None
+
+
+class _SocketEndedError(Exception):
+    """The current socket is over; ``code`` decides what happens next."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"{code} {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class WSClient:
+    """One logical connection to a namespace, reconnecting as the browser client does.
+
+    Create it with :func:`connect`. Callbacks run on the reader thread/greenlet: keep them
+    short, and do not call :meth:`request` from one (its reply is read by that same
+    reader); :meth:`send` and :meth:`reply` are fine anywhere.
+    """
+
+    def __init__(self, url: str, *, headers: Optional[Mapping[str, str]] = None,
+                 cookies: Optional[Union[Mapping[str, str], str]] = None,
+                 reconnect_base_interval: float = 5.0, reconnect_max_interval: float = 30.0,
+                 max_reconnect_attempts: int = 10, ping_interval: float = 30.0,
+                 pong_timeout: float = 5.0, request_timeout: float = 10.0,
+                 client_id: Optional[str] = None) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"connect() takes a ws:// or wss:// URL, got {url!r}")
+        self.url = url
+        self._parts = parts
+        self._headers = dict(headers or {})
+        if cookies:
+            cookie = cookies if isinstance(cookies, str) else "; ".join(
+                f"{k}={v}" for k, v in cookies.items())
+            self._headers["Cookie"] = cookie
+        self._headers.setdefault("User-Agent", USER_AGENT)
+        self.reconnect_base_interval = reconnect_base_interval
+        self.reconnect_max_interval = reconnect_max_interval
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.request_timeout = request_timeout
+        self._client_id = client_id or str(uuid.uuid4())
+        self._limits: Optional[Dict[str, Any]] = None
+        self._status = CONNECTING  # set before any callback exists, so never announced
+        self._message_callbacks: List[MessageCallback] = []
+        self._status_callbacks: List[StatusCallback] = []
+        self._resync_callbacks: List[ResyncCallback] = []
+        self._pending: Dict[str, concurrency.AsyncResult] = {}
+        self._expired: Dict[str, None] = {}  # insertion-ordered set
+        self._lock = concurrency.Lock()  # state: status, socket, generation, pending
+        self._write_lock = concurrency.Lock()  # one frame on the wire at a time
+        self._generation = 0  # bumped by disconnect()/reconnect(): older readers stop
+        self._wake = concurrency.Event()  # cuts a backoff wait short
+        self._sock: Any = None
+        self._writer: Any = None
+        self._attempts = 0
+        self._welcomed_before = False
+        self._welcomed_this_socket = False
+        self._resync_reason: Optional[str] = None
+        self._connected_event = concurrency.Event()
+
+    # ------------------------------------------------------------------ callbacks
+    def on_message(self, callback: MessageCallback) -> MessageCallback:
+        """Call ``callback(frame)`` for each app frame (also usable as a decorator)."""
+        self._message_callbacks.append(self._check_callable(callback))
+        return callback
+
+    def on_status_change(self, callback: StatusCallback) -> StatusCallback:
+        """Call ``callback(new_status, old_status)`` on every status change."""
+        self._status_callbacks.append(self._check_callable(callback))
+        return callback
+
+    def on_resync(self, callback: ResyncCallback) -> ResyncCallback:
+        """Call ``callback({"reason": r})`` after a reconnect and on ``_resync``."""
+        self._resync_callbacks.append(self._check_callable(callback))
+        return callback
+
+    @staticmethod
+    def _check_callable(callback: Any) -> Any:
+        if not callable(callback):
+            raise TypeError("flask_jpulse_ws.client: callback must be callable")
+        return callback
+
+    @staticmethod
+    def _call_each(callbacks: List[Any], *args: Any) -> None:
+        for cb in list(callbacks):
+            try:
+                cb(*args)
+            except Exception:  # one broken callback must not starve the others
+                log.exception("flask_jpulse_ws.client callback %r failed", cb)
+
+    # ------------------------------------------------------------------ state
+    def get_status(self) -> str:
+        return self._status
+
+    def is_connected(self) -> bool:
+        return self._status == CONNECTED
+
+    def get_client_id(self) -> str:
+        """The id this connection uses; after a welcome, the one the server confirmed."""
+        return self._client_id
+
+    def get_limits(self) -> Optional[Dict[str, Any]]:
+        """The welcome's ``limits`` (``maxSize``, ``interval``, ``maxMessages``)."""
+        return self._limits
+
+    def wait_connected(self, timeout: Optional[float] = None) -> bool:
+        """Block until the status is ``connected``; False after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.is_connected():
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._connected_event.wait(0.05 if remaining is None else min(remaining, 0.05))
+        return True
+
+    def _set_status(self, new: str, generation: int) -> bool:
+        with self._lock:
+            if generation != self._generation or new == self._status:
+                return generation == self._generation
+            old, self._status = self._status, new
+        if new == CONNECTED:
+            self._connected_event.set()
+        else:
+            self._connected_event.clear()
+        self._call_each(self._status_callbacks, new, old)
+        return True
+
+    def _end(self, status: str, generation: int) -> None:
+        """Stop for good (until reconnect()): a dead handle leaves the registry."""
+        if generation != self._generation:
+            return
+        self._unregister()  # first, so a status callback can connect() afresh
+        self._set_status(status, generation)
+
+    def _register(self) -> None:
+        with _registry_lock:
+            if self not in _registry:
+                _registry.append(self)
+
+    def _unregister(self) -> None:
+        with _registry_lock:
+            if self in _registry:
+                _registry.remove(self)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _start(self) -> WSClient:
+        self._register()
+        concurrency.spawn(self._run, self._generation)
+        return self
+
+    def disconnect(self) -> None:
+        """Close for good: status ``disconnected``, no reconnect, out of ``get_connections``."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        self._wake.set()
+        self._abandon(1000, "Client disconnected")
+        self._fail_pending("CONNECTION_LOST", "The connection closed before the reply arrived.")
+        self._unregister()
+        self._set_status(DISCONNECTED, generation)
+
+    def reconnect(self) -> None:
+        """Start over from attempt 0, also after ``disconnected`` or ``auth-required``."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        self._wake.set()
+        self._abandon(1000, "Client reconnecting")
+        self._fail_pending("CONNECTION_LOST", "The connection closed before the reply arrived.")
+        self._attempts = 0
+        self._register()
+        self._set_status(RECONNECTING if self._welcomed_before else CONNECTING, generation)
+        concurrency.spawn(self._run, generation)
+
+    def _run(self, generation: int) -> None:
+        """The reader: one socket after another until a final status."""
+        while generation == self._generation:
+            code, had_welcome = self._one_socket(generation)
+            self._fail_pending("CONNECTION_LOST", "The connection closed before the reply arrived.")
+            if generation != self._generation:
+                return
+            action = close_action(code)
+            if action == "auth":
+                return self._end(AUTH_REQUIRED, generation)
+            if action == "stop":
+                return self._end(DISCONNECTED, generation)
+            if action == "replaced" and had_welcome:
+                # A newer socket of this identity took our id: take a new one, at once.
+                self._client_id = str(uuid.uuid4())
+                self._resync_reason = "replaced"
+                self._set_status(RECONNECTING, generation)
+                continue
+            if self._attempts >= self.max_reconnect_attempts:
+                return self._end(DISCONNECTED, generation)
+            self._attempts += 1
+            if action == "full":
+                delay = self.reconnect_max_interval
+            else:
+                delay = min(self.reconnect_base_interval * self._attempts,
+                            self.reconnect_max_interval)
+            delay *= 1 - JITTER * random.random()
+            self._set_status(RECONNECTING, generation)
+            self._wake.clear()
+            if generation != self._generation:
+                return
+            self._wake.wait(delay)
+        return None
+
+    # ------------------------------------------------------------------ one socket
+    def _socket_url(self) -> Tuple[str, int, str, bool]:
+        p = self._parts
+        secure = p.scheme == "wss"
+        query = [(k, v) for k, v in parse_qsl(p.query, keep_blank_values=True) if k != "uuid"]
+        query.append(("uuid", self._client_id))
+        target = (p.path or "/") + "?" + urlencode(query)
+        return p.hostname or "127.0.0.1", p.port or (443 if secure else 80), target, secure
+
+    def _one_socket(self, generation: int) -> Tuple[int, bool]:
+        """Open, handshake, read until the socket ends; return (close code, had welcome)."""
+        handshake_timeout = max(HANDSHAKE_FLOOR, self.ping_interval + self.pong_timeout)
+        deadline = time.monotonic() + handshake_timeout
+        self._welcomed_this_socket = False
+        sock = None
+        try:
+            host, port, target, secure = self._socket_url()
+            sock = socket.create_connection((host, port), timeout=handshake_timeout)
+            if secure:
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+            with self._lock:
+                if generation != self._generation:
+                    sock.close()
+                    return 1000, False
+                self._sock = sock
+            rest = self._handshake(sock, host, port, target, deadline)
+            # The writer is a second handle on the same socket with its own timeout, so
+            # the reader's short waits never cut a sendall in the middle of a frame.
+            writer = sock.dup() if not secure else sock
+            writer.settimeout(max(HANDSHAKE_FLOOR, self.pong_timeout * 2))
+            with self._lock:
+                if generation != self._generation:
+                    raise _SocketEndedError(1000, "superseded")
+                self._writer = writer
+            self._read_loop(sock, rest, deadline, generation)
+            code = 1006  # not reached: the loop only ends by raising
+        except _SocketEndedError as end:
+            code = end.code
+        except (OSError, ValueError, frames.ProtocolError) as exc:
+            log.debug("socket to %s ended: %r", self.url, exc)
+            code = 1006
+        self._drop_socket(sock)
+        return code, self._welcomed_this_socket
+
+    def _drop_socket(self, sock: Any) -> None:
+        with self._lock:
+            writer = self._writer
+            if self._sock is sock:
+                self._sock = None
+                self._writer = None
+            else:
+                writer = None
+        for s in (writer, sock):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _handshake(self, sock: Any, host: str, port: int, target: str,
+                   deadline: float) -> bytes:
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+                 "Sec-WebSocket-Version: 13"]
+        lines += [f"{k}: {v}" for k, v in self._headers.items()]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(4096)
+            except socket.timeout:
+                raise _SocketEndedError(1006, "handshake timeout") from None
+            if not chunk or len(buf) > 65536:
+                raise _SocketEndedError(1006, "no handshake response")
+            buf += chunk
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0]
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or parts[1] != b"101":
+            # An HTTP refusal (403 origin, 400...) looks like 1006 to a browser: retry.
+            log.warning("WebSocket upgrade to %s refused: %s", self.url,
+                        status_line.decode("latin-1", "replace"))
+            raise _SocketEndedError(1006, "upgrade refused")
+        if frames.accept_key(key).encode("ascii") not in head:
+            raise _SocketEndedError(1006, "bad Sec-WebSocket-Accept")
+        return rest
+
+    def _read_loop(self, sock: Any, rest: bytes, handshake_deadline: float,
+                   generation: int) -> None:
+        decoder = frames.FrameDecoder(MAX_MESSAGE_SIZE, expect_mask=False)
+        events = decoder.feed(rest) if rest else []
+        welcomed = False
+        next_ping: Optional[float] = None
+        pong_deadline: Optional[float] = None
+        while True:
+            for opcode, payload in events:
+                if opcode == frames.OP_TEXT:
+                    frame = self._parse(payload)
+                    if frame is None:
+                        continue
+                    ftype = _frame_type(frame)
+                    if ftype == "connected" and not welcomed:
+                        welcomed = True
+                        if self.ping_interval > 0:
+                            next_ping = time.monotonic() + self.ping_interval
+                        self._handle_welcome(frame, generation)
+                    elif ftype == "_pong":
+                        if pong_deadline is not None:  # unsolicited: keep the ping on time
+                            pong_deadline = None
+                            next_ping = time.monotonic() + self.ping_interval
+                    else:
+                        self._route(frame)
+                elif opcode == frames.OP_PING:
+                    self._write(frames.encode_frame(frames.OP_PONG, payload, mask=True))
+                elif opcode == frames.OP_CLOSE:
+                    try:
+                        code, reason = frames.parse_close(payload)
+                    except frames.ProtocolError:
+                        code, reason = 1002, ""
+                    try:
+                        self._write(frames.close_frame(1000 if code == 1005 else code,
+                                                       mask=True))
+                    except OSError:
+                        pass
+                    raise _SocketEndedError(code, reason)
+            events = []
+            if generation != self._generation:
+                raise _SocketEndedError(1000, "superseded")
+            now = time.monotonic()
+            if not welcomed:
+                wake_at = handshake_deadline
+            elif pong_deadline is not None:
+                wake_at = pong_deadline
+            else:
+                wake_at = next_ping if next_ping is not None else now + 3600
+            if now >= wake_at:
+                if not welcomed:
+                    raise _SocketEndedError(1006, "no welcome in time")
+                if pong_deadline is not None:
+                    # A frozen server never completes a close handshake: let go at once.
+                    raise _SocketEndedError(1006, "pong timeout")
+                ping = orjson.dumps({"type": "_ping", "t": int(time.time() * 1000)})
+                self._write(frames.encode_frame(frames.OP_TEXT, ping, mask=True))
+                pong_deadline = time.monotonic() + self.pong_timeout
+                continue
+            sock.settimeout(max(0.001, wake_at - now))
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                raise _SocketEndedError(1006, "connection closed without a close frame")
+            events = decoder.feed(data)
+
+    @staticmethod
+    def _parse(payload: bytes) -> Optional[Dict[str, Any]]:
+        try:
+            frame = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return None  # not a frame of this protocol
+        return frame if isinstance(frame, dict) else None
+
+    def _handle_welcome(self, frame: Dict[str, Any], generation: int) -> None:
+        info = frame["data"].get("data") or {}
+        if isinstance(info.get("clientId"), str) and info["clientId"]:
+            self._client_id = info["clientId"]
+        limits = info.get("limits")
+        self._limits = limits if isinstance(limits, dict) else None
+        self._attempts = 0
+        self._welcomed_this_socket = True
+        resync = self._resync_reason or ("reconnect" if self._welcomed_before else None)
+        self._resync_reason = None
+        self._welcomed_before = True
+        self._set_status(CONNECTED, generation)
+        if resync and generation == self._generation:
+            self._call_each(self._resync_callbacks, {"reason": resync})
+
+    def _route(self, frame: Dict[str, Any]) -> None:
+        rid = frame.get("requestId")
+        if isinstance(rid, str):
+            with self._lock:
+                waiter = self._pending.pop(rid, None)
+            if waiter is not None:
+                waiter.set(frame)
+                return
+            if rid in self._expired:
+                return  # too late: its request() already returned
+        if frame.get("success") is False and frame.get("code") == "SESSION_EXPIRED":
+            return  # close 4401 follows
+        ftype = _frame_type(frame)
+        if ftype == "_resync":
+            reason = (frame["data"].get("data") or {}).get("reason")
+            self._call_each(self._resync_callbacks, {"reason": reason})
+            return
+        if isinstance(ftype, str) and ftype.startswith("_"):
+            return  # the framework's (_recovered, _presence...): not for the app
+        self._call_each(self._message_callbacks, frame)
+
+    # ------------------------------------------------------------------ outbound
+    def _write(self, data: bytes) -> None:
+        writer = self._writer
+        if writer is None:
+            raise OSError("not connected")
+        with self._write_lock:
+            try:
+                writer.sendall(data)
+            except OSError:
+                self._abandon()  # a cut frame would corrupt the stream: drop the socket
+                raise
+
+    def _transmit(self, payload: bytes) -> bool:
+        if self._status != CONNECTED or self._writer is None:
+            return False
+        try:
+            self._write(frames.encode_frame(frames.OP_TEXT, payload, mask=True))
+        except OSError:
+            return False
+        return True
+
+    def _too_large(self, payload: bytes) -> Optional[Dict[str, int]]:
+        limit = (self._limits or {}).get("maxSize")
+        if isinstance(limit, int) and limit > 0 and len(payload) > limit:
+            return {"size": len(payload), "limit": limit}
+        return None
+
+    def send(self, data: Any) -> bool:
+        """Send ``data`` as JSON; False (with a warning) when not connected or too large.
+
+        :raises TypeError: ``data`` cannot be encoded as JSON.
+        """
+        payload = orjson.dumps(data)
+        over = self._too_large(payload)
+        if over:
+            log.warning("message not sent, %d bytes > maxSize %d (%s)", over["size"],
+                        over["limit"], self.url)
+            return False
+        if self._transmit(payload):
+            return True
+        log.warning("message not sent, not connected (%s)", self.url)
+        return False
+
+    def request(self, data: Mapping[str, Any], timeout: Optional[float] = None
+                ) -> Dict[str, Any]:
+        """Send with a fresh ``requestId`` and wait for the reply frame; never raises.
+
+        :returns: the reply frame (which does not also reach ``on_message``), or
+            ``{"success": False, "code": ...}`` with ``REQUEST_TIMEOUT``,
+            ``CONNECTION_LOST``, ``NOT_CONNECTED``, ``MESSAGE_TOO_LARGE`` or
+            ``INVALID_MESSAGE``.
+        """
+        timeout = self.request_timeout if timeout is None else timeout
+        if self._status != CONNECTED:
+            return _failure("NOT_CONNECTED", "Not connected: the request was not sent.")
+        rid = str(uuid.uuid4())
+        try:
+            payload = orjson.dumps({**data, "requestId": rid})
+        except TypeError as exc:
+            return _failure("INVALID_MESSAGE", f"The request cannot be encoded as JSON: {exc}",
+                            requestId=rid)
+        over = self._too_large(payload)
+        if over:
+            return _failure("MESSAGE_TOO_LARGE", f"The request is {over['size']} bytes, over "
+                            f"the limit of {over['limit']}.", requestId=rid, details=over)
+        waiter = concurrency.AsyncResult()
+        with self._lock:
+            self._pending[rid] = waiter
+        if not self._transmit(payload):
+            with self._lock:
+                self._pending.pop(rid, None)
+            return _failure("NOT_CONNECTED", "Not connected: the request was not sent.",
+                            requestId=rid)
+        if waiter.wait(timeout):
+            return waiter.value  # type: ignore[no-any-return]
+        with self._lock:
+            self._pending.pop(rid, None)
+            self._expired[rid] = None
+            while len(self._expired) > EXPIRED_MEMORY:
+                del self._expired[next(iter(self._expired))]
+        if waiter.wait(0):  # the reply won the race after all
+            return waiter.value  # type: ignore[no-any-return]
+        return _failure("REQUEST_TIMEOUT", f"No reply within {timeout:g} s.", requestId=rid)
+
+    def _fail_pending(self, code: str, error: str) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for rid, waiter in pending.items():
+            waiter.set(_failure(code, error, requestId=rid))
+
+    def reply(self, message: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+        """Answer a server request (a frame carrying ``requestId``) with ``data``."""
+        rid = message.get("requestId") if message else None
+        if not isinstance(rid, str):
+            return False
+        return self.send({**data, "requestId": rid})
+
+    def reply_error(self, message: Mapping[str, Any], error: str,
+                    code: Union[str, int] = "ERROR") -> bool:
+        """Answer a server request with an error."""
+        rid = message.get("requestId") if message else None
+        if not isinstance(rid, str):
+            return False
+        return self.send({"success": False, "error": str(error), "code": code,
+                          "requestId": rid})
+
+    def _abandon(self, code: Optional[int] = None, reason: str = "") -> None:
+        """Let go of the socket without waiting for its close handshake."""
+        with self._lock:
+            sock, writer = self._sock, self._writer
+            self._sock = self._writer = None
+        if sock is None:
+            return
+        if code is not None and writer is not None:
+            try:
+                with self._write_lock:
+                    writer.sendall(frames.close_frame(code, reason, mask=True))
+            except OSError:
+                pass
+        for s in (writer, sock):
+            if s is None:
+                continue
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # wakes the reader blocked in recv()
+            except OSError:
+                pass
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> WSClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.disconnect()
+
+    def __repr__(self) -> str:
+        return f"<WSClient {self.url} {self._status} {self._client_id}>"
+
+
+def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
+            cookies: Optional[Union[Mapping[str, str], str]] = None,
+            reconnect_base_interval: float = 5.0, reconnect_max_interval: float = 30.0,
+            max_reconnect_attempts: int = 10, ping_interval: float = 30.0,
+            pong_timeout: float = 5.0, request_timeout: float = 10.0,
+            client_id: Optional[str] = None,
+            on_status_change: Optional[StatusCallback] = None,
+            on_message: Optional[MessageCallback] = None,
+            on_resync: Optional[ResyncCallback] = None) -> WSClient:
+    """Open a reconnecting connection to a namespace; returns at once (status ``connecting``).
+
+    :param url: ``ws://host:port/api/1/ws/...`` (or ``wss://``); ``?uuid=`` is added.
+    :param headers: extra request headers (``Authorization``, ``Origin``...).
+    :param cookies: a mapping or a ``Cookie`` header value (the Flask session cookie).
+    :param reconnect_base_interval: seconds before the first retry; attempt k waits
+        ``min(base * k, max)`` shortened by up to 20 % jitter.
+    :param reconnect_max_interval: the cap on that delay (also the delay after 4529).
+    :param max_reconnect_attempts: failed attempts in a row before ``disconnected``.
+    :param ping_interval: seconds between ``_ping`` frames while connected; 0 turns it off.
+    :param pong_timeout: a ``_pong`` must follow each ``_ping`` within this.
+    :param request_timeout: default :meth:`WSClient.request` timeout.
+    :param client_id: a canonical UUID to start with (default: a new one).
+    :param on_status_change: registered before the reader starts, so it sees every
+        status; callbacks added later with the methods see what happens from then on
+        (the reader runs concurrently, unlike a page's single thread).
+    :param on_message: likewise, for app frames.
+    :param on_resync: likewise, for resyncs.
+
+    Example::
+
+        chat = connect("ws://127.0.0.1:5000/api/1/ws/chat")
+        if chat.wait_connected(5):
+            chat.send({"type": "say", "text": "hi"})
+    """
+    client = WSClient(url, headers=headers, cookies=cookies,
+                      reconnect_base_interval=reconnect_base_interval,
+                      reconnect_max_interval=reconnect_max_interval,
+                      max_reconnect_attempts=max_reconnect_attempts,
+                      ping_interval=ping_interval, pong_timeout=pong_timeout,
+                      request_timeout=request_timeout, client_id=client_id)
+    if on_status_change is not None:
+        client.on_status_change(on_status_change)
+    if on_message is not None:
+        client.on_message(on_message)
+    if on_resync is not None:
+        client.on_resync(on_resync)
+    return client._start()
+
+
+def get_connections() -> List[WSClient]:
+    """The live clients of this process (those not ended by a final status)."""
+    with _registry_lock:
+        return list(_registry)

@@ -1,0 +1,95 @@
+"""Real headless Chromium (Debian's, through Playwright) against a real gunicorn server."""
+
+import os
+import signal
+from contextlib import contextmanager
+
+import pytest
+from servers import GunicornServer
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+APP = "browser_app:create_app()"
+#: Server pings every 0.5 s; a generous pong timeout, as idle pages may be throttled.
+SETTINGS = {"JPULSE_WS_PING_INTERVAL": 0.5, "JPULSE_WS_PONG_TIMEOUT": 10}
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium per module; every test gets its own context (cookies, storage)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def app_server():
+    """tests/apps/browser_app.py under gunicorn -k gevent, shared by the module."""
+    srv = GunicornServer(app=APP, settings=SETTINGS).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def own_server():
+    """A server a test may kill, restart on the same port, or freeze."""
+    started = []
+
+    def make(port=None):
+        srv = GunicornServer(app=APP, settings=SETTINGS, port=port).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context()
+    ctx.set_default_timeout(10_000)
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture
+def open_page(context):
+    """``open_page(server)``: a tab on the server's test page (same origin as its sockets)."""
+
+    def open_(server, ctx=None):
+        page = (ctx or context).new_page()
+        page.goto(server.base + "/")
+        page.wait_for_function("() => window.jPulse && window.T")
+        return page
+
+    return open_
+
+
+@pytest.fixture
+def frozen():
+    """``with frozen(server):`` pauses the server (see :func:`freeze`)."""
+    return freeze
+
+
+@contextmanager
+def freeze(server):
+    """SIGSTOP the master and its workers for the block; SIGCONT whatever happens."""
+    pids = [server.proc.pid] + server.worker_pids()
+    try:
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        yield pids
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
