@@ -16,11 +16,12 @@
 
 from .connection import Connection
 from .context import Context
+from .emitter import Emitter
 from .errors import CloseCode, ErrorCode, WSError
 from .extension import JPulseWS
 from .namespace import Namespace, NamespaceTemplate
 
 __all__ = ["JPulseWS", "Namespace", "NamespaceTemplate", "Connection", "Context",
-           "WSError", "CloseCode", "ErrorCode", "__version__"]
+           "WSError", "CloseCode", "ErrorCode", "Emitter", "__version__"]
 
 __version__ = "0.1.0"

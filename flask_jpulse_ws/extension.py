@@ -28,7 +28,7 @@ _PENDING_KEY = "jpulse_ws_pending"  # blueprint namespaces registered before ini
 class AppState:
     """Everything the extension keeps for one app: settings, namespaces, relay, stats."""
 
-    def __init__(self, ext: "JPulseWS", app: Flask, settings: config.Settings) -> None:
+    def __init__(self, ext: JPulseWS, app: Flask, settings: config.Settings) -> None:
         self.ext = ext
         self.app = app
         self.settings = settings
@@ -110,7 +110,8 @@ class AppState:
         payload = envelope.encode_success(data, wire)
         n = self.deliver_broadcast(path, payload, data.get("type", ""))
         if self.relay.distributed:
-            self.relay.publish("broadcast", path=path, payload=payload)
+            self.relay.publish("broadcast", path=path, payload=payload,
+                               type=data.get("type", ""))
         return n
 
     def deliver_broadcast(self, path: str, payload: bytes, msg_type: str = "") -> int:
@@ -130,7 +131,8 @@ class AppState:
         if self.deliver_to_client(path, client_id, payload, data.get("type", "")):
             return True
         if self.relay.distributed:
-            self.relay.publish("send", path=path, clientId=client_id, payload=payload)
+            self.relay.publish("send", path=path, clientId=client_id, payload=payload,
+                               type=data.get("type", ""))
         return False
 
     def deliver_to_client(self, path: str, client_id: str, payload: bytes,
@@ -183,22 +185,25 @@ class AppState:
         """Apply an operation another process published."""
         op = message.get("op")
         if op == "broadcast":
-            self.deliver_broadcast(message["path"], _bytes(message["payload"]))
+            self.deliver_broadcast(message["path"], _bytes(message["payload"]),
+                                   str(message.get("type") or ""))
         elif op == "send":
             self.deliver_to_client(message["path"], message["clientId"],
-                                   _bytes(message["payload"]))
+                                   _bytes(message["payload"]), str(message.get("type") or ""))
         elif op == "remove":
             self.remove_namespace(message["path"], _relay=False)
         elif op == "revoke":
             self.revoke_session(message["token"], _relay=False)
+        elif op == "resync":  # a process dropped messages for these paths (Redis outage)
+            self.resync_paths(message.get("paths"), "relay-gap")
         else:
             log.warning("ignoring relayed operation %r", op)
 
     # ---------------------------------------------------------------- stats
-    def get_stats(self) -> Dict[str, Any]:
+    def get_stats(self, cluster: bool = False) -> Dict[str, Any]:
         now = time.time()
         namespaces = [ns.get_stats() for ns in tuple(self.registry.live.values())]
-        return {
+        out = {
             "uptime": round(now - self.started_at, 3),
             "totalConnections": self.total_connections,
             "openConnections": self.open_connections,
@@ -210,6 +215,33 @@ class AppState:
             "namespaces": namespaces,
             "activityLog": self.activity.entries(now),
         }
+        if cluster:  # every process sharing the relay: per-instance rows plus totals
+            out["cluster"] = self.relay.cluster_stats()
+        return out
+
+    # ---------------------------------------------------------------- cluster (relay)
+    def instance_stats(self) -> Dict[str, Any]:
+        """This process's row of the cluster stats (published to Redis with a TTL)."""
+        import os
+        import socket
+
+        from .relay import iso
+        live = [(path, len(ns.clients)) for path, ns in tuple(self.registry.live.items())]
+        return {
+            "instanceId": self.relay.host_id, "pid": os.getpid(),
+            "host": socket.gethostname(), "started": iso(self.started_at),
+            "updated": iso(time.time()), "connections": self.open_connections,
+            "totalMessages": self.total_messages, "degraded": self.relay.degraded,
+            "namespaces": [{"path": p, "clients": n} for p, n in live if n][:1000],
+        }
+
+    def resync_paths(self, paths: Optional[Sequence[str]], reason: str) -> int:
+        """``_resync`` to the local clients of ``paths`` (``None``: every client)."""
+        if paths is None:
+            return self.resync_all(reason)
+        frame = frames.text_frame(envelope.encode_framework("_resync", {"reason": reason}))
+        live = self.registry.live
+        return sum(live[p].deliver_frame(frame) for p in paths if p in live)
 
 
 def _bytes(value: Any) -> bytes:
@@ -365,9 +397,13 @@ class JPulseWS:
         ip = auth.client_ip(req.environ, state.settings.trusted_proxies)
         return state.load_context(ip)
 
-    def get_stats(self) -> Dict[str, Any]:
-        """``uptime``, totals, ``namespaces`` and ``activityLog`` (the seed's shape)."""
-        return self._state().get_stats()
+    def get_stats(self, cluster: bool = False) -> Dict[str, Any]:
+        """``uptime``, totals, ``namespaces`` and ``activityLog`` (the seed's shape).
+
+        :param cluster: also ``cluster``: one row per process sharing the Redis relay
+            (``instances``) plus ``totals``; with no Redis, this process alone.
+        """
+        return self._state().get_stats(cluster)
 
 
 def jpulse_ws_script() -> Markup:

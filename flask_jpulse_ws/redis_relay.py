@@ -1,0 +1,322 @@
+"""The Redis transport of the relay: one pub/sub channel per app, one subscriber
+greenlet per process, publishes on the caller's greenlet with short timeouts, a
+circuit that drops (never buffers) while Redis is away, and a ``_resync`` to every
+client that may have missed something.
+
+Imported only when ``JPULSE_WS_REDIS_URL`` is set. See ``docs/scaling.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from . import concurrency, envelope
+from .relay import Relay, encode_op, instances_key, merge_instances, relay_channel, stats_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .extension import AppState
+
+__all__ = ["RedisRelay", "check_cooperative"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+#: Seconds a publish or stats call may wait on Redis; past it the circuit opens.
+PUBLISH_TIMEOUT = 0.5
+#: Seconds to open a TCP connection to Redis (local network: refused or fast).
+CONNECT_TIMEOUT = 0.5
+#: Seconds the subscriber waits for a reply to its own commands (health-check pings).
+SUBSCRIBER_TIMEOUT = 5.0
+#: Idle seconds between the subscriber's health-check pings (finds a silent peer).
+HEALTH_CHECK_INTERVAL = 2.0
+#: First and largest wait between reconnect attempts; 1 s resumes well within 2 s.
+BACKOFF_MIN = 0.05
+BACKOFF_MAX = 1.0
+#: Seconds between two stats snapshots of this process; they expire after STATS_TTL.
+STATS_INTERVAL = 2.0
+STATS_TTL = 10
+#: Seconds ``start`` waits for the first subscription, so that the first clients of a
+#: fresh worker miss nothing; when Redis is down it returns at the first failure.
+START_WAIT = 2.0
+#: Namespaces remembered for the post-outage ``_resync``; beyond it, everyone resyncs.
+MAX_GAP_PATHS = 1000
+#: Logout revocations kept while Redis is away: idempotent, so replaying them is safe.
+MAX_PENDING_REVOKES = 10000
+
+_NO_RETRY = Retry(NoBackoff(), 0)  # a retried PUBLISH could deliver twice
+
+
+def check_cooperative() -> None:
+    """Refuse blocking Redis sockets inside an unpatched gevent greenlet."""
+    if concurrency.using_gevent():
+        return
+    gevent = sys.modules.get("gevent")
+    if gevent is None:
+        return
+    if getattr(gevent.getcurrent(), "parent", None) is not None:  # inside the hub's loop
+        raise RuntimeError(
+            "The Redis relay (JPULSE_WS_REDIS_URL) runs under gevent but socket is not "
+            "monkey-patched: every Redis call would stall all greenlets. Serve with "
+            "'gunicorn -k gevent' (which patches), or call gevent.monkey.patch_all() "
+            "before importing anything else; unset JPULSE_WS_REDIS_URL for one process.")
+
+
+class RedisRelay(Relay):
+    """Relay over Redis pub/sub (one channel per app: ``<prefix>:relay``)."""
+
+    distributed = True
+
+    def __init__(self, state: AppState) -> None:
+        super().__init__(state)
+        s = state.settings
+        self.url = str(s.redis_url)
+        self.prefix = s.channel_prefix
+        self.channel = relay_channel(self.prefix)
+        self._pub = redis.Redis.from_url(self.url, socket_timeout=PUBLISH_TIMEOUT,
+                                         socket_connect_timeout=CONNECT_TIMEOUT,
+                                         retry=_NO_RETRY)
+        self._first_attempt: Any = None
+        self._started = False
+        self._stopped = False
+        self._subscribed = False
+        self._sub_gap = False  # the subscription was down: local clients may have missed
+        self._gap_paths: Set[str] = set()
+        self._gap_all = False
+        self._pending_revokes: Set[str] = set()
+        self._down_since: Optional[float] = None
+        self._next_probe = 0.0
+        self.last_error = ""
+        self.published = 0
+        self.received = 0
+        self.own_echoes = 0
+        self.dropped = 0
+        self.outages = 0
+        self.resyncs = 0
+
+    # ------------------------------------------------------------------ life
+    def start(self) -> None:
+        if self._started:
+            return
+        check_cooperative()
+        self._started = True
+        self._first_attempt = concurrency.Event()
+        concurrency.spawn(self._subscriber)
+        self._first_attempt.wait(START_WAIT)  # this greenlet only
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    # ------------------------------------------------------------------ publishing
+    def publish(self, op: str, **fields: Any) -> None:
+        """Publish now, on the caller's greenlet (so a message is in Redis before the
+        call returns: per-caller order holds across workers); dropped at once while
+        degraded; a failure opens the circuit."""
+        if not self._started:
+            self.start()  # a REST handler may publish before any socket arrived
+        path = fields.get("path")
+        if self.degraded:
+            self._drop(op, path, fields)
+            return
+        try:
+            self._pub.publish(self.channel, encode_op(self.host_id, op, fields))
+            self.published += 1
+        except (redis.RedisError, OSError) as exc:  # may have passed: resync covers it
+            self._drop(op, path, fields)
+            self._enter_degraded(f"publish failed: {exc}", subscription_lost=False)
+
+    def _drop(self, op: str, path: Optional[str], fields: Dict[str, Any]) -> None:
+        self.dropped += 1
+        if op == "revoke":
+            if len(self._pending_revokes) < MAX_PENDING_REVOKES:
+                self._pending_revokes.add(str(fields.get("token")))
+        elif path is None or op == "resync":
+            self._gap_all = True
+        elif len(self._gap_paths) < MAX_GAP_PATHS:
+            self._gap_paths.add(path)
+        else:
+            self._gap_all = True
+
+    # ------------------------------------------------------------------ subscribing
+    def _subscriber(self) -> None:
+        backoff = BACKOFF_MIN
+        while not self._stopped:
+            client = pubsub = None
+            try:
+                client = redis.Redis.from_url(self.url, socket_timeout=SUBSCRIBER_TIMEOUT,
+                                              socket_connect_timeout=CONNECT_TIMEOUT,
+                                              health_check_interval=HEALTH_CHECK_INTERVAL,
+                                              retry=_NO_RETRY)
+                pubsub = client.pubsub()
+                pubsub.subscribe(self.channel)
+                self._await_subscribed(pubsub)
+                backoff = BACKOFF_MIN
+                self._on_subscribed()
+                self._listen(pubsub)
+            except (redis.RedisError, OSError) as exc:
+                self._subscribed = False
+                self._enter_degraded(f"subscription lost: {exc}", subscription_lost=True)
+                self._first_attempt.set()
+            except Exception:  # keep the subscriber alive whatever happens
+                self._subscribed = False
+                log.exception("Redis relay subscriber failed")
+                self._enter_degraded("subscriber error", subscription_lost=True)
+                self._first_attempt.set()
+            finally:
+                for thing in (pubsub, client):
+                    try:
+                        if thing is not None:
+                            thing.close()
+                    except Exception:  # noqa: BLE001 - closing a dead socket
+                        pass
+            if not self._stopped:
+                concurrency.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _await_subscribed(self, pubsub: Any) -> None:
+        deadline = concurrency.monotonic() + SUBSCRIBER_TIMEOUT
+        while concurrency.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.5)
+            if msg is not None and msg.get("type") == "subscribe":
+                return
+        raise redis.TimeoutError("no subscribe confirmation")
+
+    def _listen(self, pubsub: Any) -> None:
+        next_stats = 0.0
+        while not self._stopped:
+            msg = pubsub.get_message(timeout=1.0)
+            if msg is not None and msg.get("type") == "message":
+                self._on_message(msg["data"])
+            now = concurrency.monotonic()
+            if self.degraded and now >= self._next_probe:
+                self._probe(now)  # the publisher failed while the subscription held
+            if now >= next_stats and not self.degraded:
+                next_stats = now + STATS_INTERVAL
+                self._publish_stats()
+
+    def _on_message(self, data: bytes) -> None:
+        self.received += 1
+        try:
+            message = envelope.decode_json(data)
+        except ValueError:
+            log.warning("ignoring a relayed message that is not JSON")
+            return
+        if not isinstance(message, dict):
+            return
+        if not self.receive(message):
+            self.own_echoes += 1
+
+    def _on_subscribed(self) -> None:
+        self._subscribed = True
+        self._first_attempt.set()
+        try:
+            self._pub.ping()
+        except (redis.RedisError, OSError) as exc:
+            self._enter_degraded(f"publisher unavailable: {exc}", subscription_lost=False)
+            self._next_probe = concurrency.monotonic() + BACKOFF_MIN
+            return
+        if self.degraded:
+            self._recover()
+
+    def _probe(self, now: float) -> None:
+        try:
+            self._pub.ping()
+        except (redis.RedisError, OSError):
+            self._next_probe = now + BACKOFF_MAX
+            return
+        self._recover()
+
+    # ------------------------------------------------------------------ the circuit
+    def _enter_degraded(self, reason: str, subscription_lost: bool) -> None:
+        if subscription_lost:
+            self._sub_gap = True
+        self.last_error = reason
+        if self.degraded:
+            return
+        self.degraded = True
+        self.outages += 1
+        self._down_since = concurrency.monotonic()
+        self._next_probe = self._down_since + BACKOFF_MIN
+        try:
+            self._pub.connection_pool.disconnect()  # reconnect fresh when Redis is back
+        except Exception:  # noqa: BLE001
+            pass
+        log.warning("Redis relay degraded (%s): local delivery continues; relayed "
+                    "messages are dropped until %s answers again", reason, self.url)
+
+    def _recover(self) -> None:
+        down = concurrency.monotonic() - (self._down_since or concurrency.monotonic())
+        self.degraded = False
+        self._down_since = None
+        sub_gap, self._sub_gap = self._sub_gap, False
+        gap_all, self._gap_all = self._gap_all, False
+        gap_paths, self._gap_paths = sorted(self._gap_paths), set()
+        revokes, self._pending_revokes = list(self._pending_revokes), set()
+        resynced = self.state.resync_all("relay-gap") if sub_gap else 0
+        if resynced:
+            self.resyncs += 1
+        if gap_all or gap_paths:  # other processes missed what we dropped
+            self.publish("resync", paths=None if gap_all else gap_paths)
+        for token in revokes:
+            self.publish("revoke", token=token)
+        log.warning("Redis relay restored after %.1f s: %d messages dropped so far, "
+                    "_resync sent to %d local clients", down, self.dropped, resynced)
+
+    # ------------------------------------------------------------------ stats
+    def _publish_stats(self) -> None:
+        row = self.state.instance_stats()
+        try:
+            pipe = self._pub.pipeline(transaction=False)
+            pipe.set(stats_key(self.prefix, self.host_id), envelope.encode_json(row),
+                     ex=STATS_TTL)
+            pipe.sadd(instances_key(self.prefix), self.host_id)
+            pipe.expire(instances_key(self.prefix), STATS_TTL * 6)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.info("could not publish stats to Redis: %s", exc)
+
+    def cluster_stats(self) -> Dict[str, Any]:
+        """Stats rows of every live process of this app (own row always fresh)."""
+        if not self._started:
+            self.start()
+        own = self.state.instance_stats()
+        rows: List[Dict[str, Any]] = [own]
+        error = None
+        try:
+            members = [m.decode() if isinstance(m, bytes) else str(m)
+                       for m in self._pub.smembers(instances_key(self.prefix))]
+            others = [m for m in members if m != self.host_id]
+            values = self._pub.mget([stats_key(self.prefix, m) for m in others]) \
+                if others else []
+            gone = []
+            for member, raw in zip(others, values):
+                if raw is None:
+                    gone.append(member)  # its snapshot expired: the process is gone
+                else:
+                    rows.append(envelope.decode_json(raw))
+            if gone:
+                self._pub.srem(instances_key(self.prefix), *gone)
+        except (redis.RedisError, OSError) as exc:
+            error = f"Redis unavailable: {exc}"
+        merged = merge_instances(rows)
+        if error:
+            merged["error"] = error
+        return merged
+
+    def status(self) -> Dict[str, Any]:
+        out = super().status()
+        out.update({"channel": self.channel, "subscribed": self._subscribed,
+                    "published": self.published, "received": self.received,
+                    "ownEchoes": self.own_echoes, "dropped": self.dropped,
+                    "outages": self.outages, "resyncs": self.resyncs,
+                    "lastError": self.last_error, "pid": os.getpid(),
+                    "host": socket.gethostname()})
+        if self._down_since is not None:
+            out["degradedFor"] = round(concurrency.monotonic() - self._down_since, 3)
+        return out

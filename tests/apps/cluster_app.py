@@ -1,0 +1,64 @@
+"""core_app plus what the cluster tests need: which worker holds a client (pid),
+cluster stats and a numbered stream, under ``gunicorn -k gevent -w 3``.
+"""
+
+import os
+import time
+
+from core_app import create_app as create_core_app
+from flask import jsonify, request
+
+
+def create_app():
+    app = create_core_app()
+    state = app.extensions["jpulse_ws"]
+    ws = state.ext
+    cluster = ws.namespace("/api/1/ws/cluster")
+    cluster_secure = ws.namespace("/api/1/ws/cluster-secure", require_auth=True)
+
+    def on_message(conn):
+        msg = conn.message
+        if msg["type"] == "whoami":
+            conn.reply({"clientId": conn.client_id, "pid": os.getpid(),
+                        "username": conn.ctx.username})
+        elif msg["type"] == "seq":  # one numbered broadcast to the namespace
+            conn.namespace.broadcast({"type": "seq", "data": msg.get("data")})
+            if msg.get("requestId") is not None:
+                conn.reply({"pid": os.getpid()})
+        elif msg["type"] == "dm":  # to a client that may be held by another worker
+            local = conn.namespace.send_to_client(msg["to"], {"type": "dm",
+                                                              "data": msg.get("data")})
+            conn.reply({"local": local, "pid": os.getpid()})
+        elif msg["type"] == "relay":  # this worker's relay status (degraded, counters)
+            conn.reply(state.relay.status())
+
+    def on_connect(conn):
+        # Hold this worker's loop (no yield) for a moment, so that clients opened in
+        # parallel are accepted by the other workers: the spread the tests need.
+        end = time.perf_counter() + 0.02
+        while time.perf_counter() < end:
+            pass
+
+    rooms = ws.namespace("/api/1/ws/cluster-rooms/:room")
+    for ns in (cluster, cluster_secure, rooms):
+        ns.on_connect(on_connect)
+        ns.on_message(on_message)
+
+    @app.get("/_test/pid")
+    def pid():
+        return jsonify(pid=os.getpid())
+
+    @app.get("/_test/cluster-stats")
+    def cluster_stats():
+        return jsonify(ws.get_stats(cluster=True))
+
+    @app.post("/_test/broadcast-pid")
+    def broadcast_pid():
+        body = request.get_json()
+        end = time.perf_counter() + body.get("spin", 0)  # busy: the next request goes
+        while time.perf_counter() < end:                 # to another worker
+            pass
+        n = ws.broadcast(body["path"], body["data"])
+        return jsonify(local=n, pid=os.getpid())
+
+    return app

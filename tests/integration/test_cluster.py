@@ -1,0 +1,414 @@
+"""Multi-worker fan-out over Redis: ``gunicorn -k gevent -w 3`` and private redis-servers.
+
+Clients are opened in parallel; the cluster app holds each worker's loop for 20 ms in
+``on_connect``, so the parallel handshakes spread over all three workers (checked).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from servers import ROOT, GunicornServer, RedisServer, wait_for
+
+from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
+
+APP = "cluster_app:create_app()"
+NS = "/api/1/ws/cluster"
+WORKERS = 3
+
+
+def start_cluster(redis_url, **settings):
+    srv = GunicornServer(app=APP, workers=WORKERS,
+                         settings={"JPULSE_WS_REDIS_URL": redis_url, **settings}).start()
+    wait_for(lambda: len(srv.worker_pids()) == WORKERS, message="three workers")
+    return srv
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_server):
+    srv = start_cluster(redis_server.url)
+    yield srv
+    srv.stop()
+
+
+class Client:
+    """A test client and the pid of the worker that holds it."""
+
+    def __init__(self, ws, pid, client_id):
+        self.ws, self.pid, self.client_id = ws, pid, client_id
+
+    def request(self, message, timeout=5):
+        return self.ws.request(message, timeout=timeout)
+
+
+def _open(server, path, headers=None, client_id=None):
+    query = f"?uuid={client_id}" if client_id else ""
+    ws = WSTestClient(server.ws_url(path + query), headers=headers)
+    ws.receive(type="connected")
+    who = ws.request({"type": "whoami"})["data"]
+    return Client(ws, who["pid"], who["clientId"])
+
+
+def open_spread(server, n, path=NS, headers=None, workers=WORKERS):
+    """``n`` clients opened in parallel, spread over ``workers`` workers (checked).
+
+    A worker that is still booting takes no connection: more parallel batches are
+    opened until every worker holds a client.
+    """
+    def batch(k):
+        with ThreadPoolExecutor(10) as pool:
+            return list(pool.map(lambda _: _open(server, path, headers), range(k)))
+
+    clients = batch(n)
+    deadline = time.monotonic() + 10
+    while len({c.pid for c in clients}) < workers and time.monotonic() < deadline:
+        clients += batch(6)
+    assert len({c.pid for c in clients}) >= workers, Counter(c.pid for c in clients)
+    return clients
+
+
+def close_all(clients):
+    for c in clients:
+        c.ws.close()
+
+
+def frames_of(client, msg_type, count, timeout=5.0):
+    """The next ``count`` data values of type ``msg_type`` (other types skipped)."""
+    return [client.ws.receive(type=msg_type, timeout=timeout)["data"]["data"]
+            for _ in range(count)]
+
+
+def collect(client, counts, timeout=5.0):
+    """Data values by type until ``counts[type]`` of each have arrived."""
+    got = {t: [] for t in counts}
+    deadline = time.monotonic() + timeout
+    while any(len(got[t]) < n for t, n in counts.items()):
+        data = client.ws.receive(timeout=max(0.0, deadline - time.monotonic()))["data"]
+        if isinstance(data, dict) and data.get("type") in got:
+            got[data["type"]].append(data["data"])
+    return got
+
+
+def no_more(client, msg_type):
+    """Nothing of ``msg_type`` is left for ``client``: its own marker broadcast (sent
+    after, relayed in order) arrives before any such frame."""
+    marker = f"marker-{time.monotonic_ns()}"
+    client.ws.send({"type": "seq", "data": marker})
+    while True:
+        data = client.ws.receive(timeout=5)["data"]
+        if not isinstance(data, dict):
+            continue
+        if data.get("type") == "seq" and data["data"] == marker:
+            return True
+        if data.get("type") == msg_type and not str(data["data"]).startswith("marker-"):
+            return False
+
+
+@pytest.mark.cluster
+def test_broadcast_reaches_every_client_once_in_order(cluster):
+    """30 clients on 3 workers: every broadcast from every worker arrives once, in order."""
+    clients = open_spread(cluster, 30)
+    try:
+        spread = Counter(c.pid for c in clients)
+        assert len(spread) == WORKERS and sum(spread.values()) >= 30
+        senders = {}
+        for c in clients:
+            senders.setdefault(c.pid, c)  # one sender on each worker
+        for i in range(20):
+            for pid, sender in senders.items():
+                sender.ws.send({"type": "seq", "data": [pid, i]})
+        for c in clients:
+            got = frames_of(c, "seq", 20 * WORKERS)
+            for pid in senders:
+                assert [i for p, i in got if p == pid] == list(range(20)), (c.pid, pid)
+        # A REST burst from whichever worker takes the request: same guarantee.
+        cluster.http().post("/_test/burst", {"path": NS, "count": 50})
+        for c in clients:
+            assert [d["seq"] for d in frames_of(c, "burst", 50)] == list(range(50))
+        assert no_more(clients[0], "seq")
+    finally:
+        close_all(clients)
+
+
+@pytest.mark.cluster
+def test_send_to_client_held_by_another_worker(cluster):
+    """``send_to_client`` reaches a client on another worker exactly once."""
+    clients = open_spread(cluster, 9)
+    try:
+        a = clients[0]
+        b = next(c for c in clients if c.pid != a.pid)
+        reply = a.request({"type": "dm", "to": b.client_id, "data": "hello"})["data"]
+        assert reply == {"local": False, "pid": a.pid}
+        assert b.ws.receive(type="dm")["data"]["data"] == "hello"
+        # From a REST handler on any worker too.
+        cluster.http().post("/_test/send", {"path": NS, "clientId": b.client_id,
+                                            "data": {"type": "dm", "data": "rest"}})
+        assert b.ws.receive(type="dm")["data"]["data"] == "rest"
+        for other in clients:
+            if other is not b:
+                assert no_more(other, "dm")
+    finally:
+        close_all(clients)
+
+
+@pytest.mark.cluster
+def test_rest_broadcast_to_a_room_with_no_local_member(cluster):
+    """A REST broadcast on a worker that never saw the room reaches its members."""
+    room = f"/api/1/ws/cluster-rooms/solo-{os.getpid()}"
+    member = _open(cluster, room)
+    try:
+        http = cluster.http()
+
+        def post(i):  # parallel and busy for 50 ms: the requests spread over workers
+            return http.post("/_test/broadcast-pid",
+                             {"path": room, "spin": 0.05, "data": {"type": "news", "data": i}})
+
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(post, range(12)))
+        remote = [a for a in answers if a["pid"] != member.pid]
+        assert remote, "every request landed on the member's worker"
+        assert all(a["local"] == 0 for a in remote)
+        got = frames_of(member, "news", 12)
+        assert sorted(got) == list(range(12))
+        assert no_more(member, "news")
+    finally:
+        member.ws.close()
+
+
+@pytest.mark.cluster
+def test_logout_closes_that_session_on_every_worker(cluster):
+    """``logout_user()`` on one worker closes the session's sockets everywhere with 4401."""
+    session, other_session = cluster.http(), cluster.http()
+    session.post("/_test/login/alice")
+    other_session.post("/_test/login/alice")
+    mine = open_spread(cluster, 9, "/api/1/ws/cluster-secure",
+                       {"Cookie": session.cookie_header()}, workers=2)
+    theirs = open_spread(cluster, 6, "/api/1/ws/cluster-secure",
+                         {"Cookie": other_session.cookie_header()}, workers=2)
+    try:
+        assert {c.request({"type": "whoami"})["data"]["username"] for c in mine} == {"alice"}
+        t0 = time.monotonic()
+        session.post("/_test/logout")
+        codes = [c.ws.wait_closed(timeout=2) for c in mine]
+        assert codes == [4401] * len(mine)
+        assert time.monotonic() - t0 < 1.0
+        for c in theirs:  # the same user's other browser session stays open
+            assert c.request({"type": "whoami"})["data"]["username"] == "alice"
+    finally:
+        close_all(mine + theirs)
+
+
+@pytest.mark.cluster
+def test_remove_namespace_closes_its_clients_on_every_worker(cluster):
+    """``ws.remove_namespace`` on one worker closes the room's clients everywhere (4404)."""
+    room = f"/api/1/ws/cluster-rooms/doomed-{os.getpid()}"
+    clients = open_spread(cluster, 9, room)
+    try:
+        cluster.http().post("/_test/remove", {"path": room})
+        assert [c.ws.wait_closed(timeout=3) for c in clients] == [4404] * len(clients)
+    finally:
+        close_all(clients)
+
+
+@pytest.mark.cluster
+def test_emitter_from_a_plain_python_process(cluster, redis_server):
+    """A script without Flask app or gevent broadcasts and sends to one client."""
+    clients = open_spread(cluster, 6)
+    try:
+        target = clients[-1]
+        script = f"""
+import sys
+from flask_jpulse_ws import Emitter
+assert "gevent" not in sys.modules
+with Emitter({redis_server.url!r}, channel_prefix="another-app") as other:
+    other.broadcast({NS!r}, {{"type": "news", "data": "not for us"}})
+with Emitter({redis_server.url!r}) as e:
+    print(e.broadcast({NS!r}, {{"type": "news", "data": "from cron"}}))
+    e.send_to_client({NS!r}, {target.client_id!r}, {{"type": "dm", "data": "just you"}})
+assert "gevent" not in sys.modules
+"""
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             timeout=20, cwd=str(ROOT),
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == str(WORKERS)  # every worker is subscribed
+        for c in clients:  # the other prefix's message never arrives, and it was first
+            message = c.ws.receive(type="news")["data"]
+            assert message["data"] == "from cron" and message["ctx"] == {"username": ""}
+        assert target.ws.receive(type="dm")["data"]["data"] == "just you"
+        assert all(no_more(c, "dm") for c in clients[:-1])
+    finally:
+        close_all(clients)
+
+
+@pytest.mark.cluster
+def test_cluster_stats_list_every_worker(cluster):
+    """``ws.get_stats(cluster=True)`` merges one row per worker plus totals."""
+    clients = open_spread(cluster, 9)
+    try:
+        pids = set(cluster.worker_pids())
+
+        def merged():
+            stats = cluster.http().get("/_test/cluster-stats")["cluster"]
+            ok = ({r["pid"] for r in stats["instances"]} == pids
+                  and stats["totals"]["connections"] == len(clients))
+            return stats if ok else None
+
+        stats = wait_for(merged, timeout=6, message="three instances with all clients")
+        assert stats["totals"]["instances"] == WORKERS
+        for row in stats["instances"]:
+            assert set(row) >= {"instanceId", "pid", "host", "started", "connections",
+                                "namespaces"}
+        [ns] = [n for n in stats["namespaces"] if n["path"] == NS]
+        assert ns == {"path": NS, "clients": len(clients), "instances": WORKERS}
+    finally:
+        close_all(clients)
+
+
+@pytest.mark.cluster
+def test_redis_outage_keeps_local_delivery_and_resyncs():
+    """Redis SIGKILLed mid-stream: workers live, local clients keep receiving, relaying
+    resumes within 2 s of the restart and every client receives ``_resync``."""
+    redis = RedisServer().start()
+    server = start_cluster(redis.url)
+    clients = []
+    try:
+        clients = open_spread(server, 9)
+        pids = set(server.worker_pids())
+        sender = _open(server, NS)  # not checked: request() skips what it is not waiting for
+        clients.append(sender)
+        local = [c for c in clients[:-1] if c.pid == sender.pid]
+        remote = [c for c in clients if c.pid != sender.pid]
+        seq = 0
+
+        def send():
+            nonlocal seq
+            t0 = time.monotonic()
+            sender.request({"type": "seq", "data": seq})  # replied after local delivery
+            assert time.monotonic() - t0 < 0.5, "the worker blocked on Redis"
+            seq += 1
+
+        for _ in range(10):
+            send()
+        for c in local + remote:
+            assert frames_of(c, "seq", 10) == list(range(10))
+
+        redis.kill()
+        for c in {c.pid: c for c in clients}.values():  # every worker notices
+            wait_for(lambda c=c: c.request({"type": "relay"})["data"]["degraded"],
+                     timeout=3, message=f"worker {c.pid} degraded")
+        for _ in range(20):
+            send()
+        for c in local:
+            assert frames_of(c, "seq", 20) == list(range(10, 30))
+
+        redis = RedisServer(port=redis.port).start()
+        restarted = time.monotonic()
+        first_after = seq
+
+        def resumed():  # keep streaming until every remote client has a new one
+            send()
+            return all(c.pid in resumed_pids for c in remote)
+
+        resumed_pids = set()
+        received = {id(c): [] for c in remote}
+        resyncs = Counter()
+
+        def drain(c):
+            for m in c.ws.receive_all(timeout=0.05):
+                kind = m["data"]["type"]
+                if kind == "_resync":
+                    assert m["data"]["data"] == {"reason": "relay-gap"}
+                    resyncs[id(c)] += 1
+                elif kind == "seq":
+                    received[id(c)].append(m["data"]["data"])
+                    if m["data"]["data"] >= first_after:
+                        resumed_pids.add(c.pid)
+
+        def poll():
+            for c in remote:
+                drain(c)
+            return resumed()
+
+        wait_for(poll, timeout=5, interval=0.05, message="remote delivery resumed")
+        assert time.monotonic() - restarted < 2.0
+        for c in remote:
+            drain(c)
+            got = received[id(c)]
+            assert got == sorted(set(got)), "duplicate or out of order"
+            assert resyncs[id(c)] >= 1 or c.ws.receive(type="_resync", timeout=2)
+        for c in local:  # the sender's worker lost its subscription too
+            assert c.ws.receive(type="_resync", timeout=2)["data"]["data"]["reason"] == \
+                "relay-gap"
+            assert frames_of(c, "seq", seq - 30) == list(range(30, seq))
+        assert set(server.worker_pids()) == pids, "a worker died"
+        for c in {c.pid: c for c in clients}.values():
+            status = c.request({"type": "relay"})["data"]
+            assert status["degraded"] is False and status["outages"] >= 1
+        log = server.log()
+        assert "Redis relay degraded" in log and "Redis relay restored" in log
+    finally:
+        close_all(clients)
+        server.stop()
+        redis.stop()
+
+
+@pytest.mark.cluster
+def test_killed_worker_clients_reconnect_and_nothing_is_delivered_twice(redis_server):
+    """SIGKILL one worker: its clients reconnect to the others, each frame arrives once."""
+    server = start_cluster(redis_server.url, JPULSE_WS_CHANNEL_PREFIX="kill-test")
+    clients = []
+    try:
+        clients = open_spread(server, 30)
+        victim = clients[0].pid
+        orphans = [c for c in clients if c.pid == victim]
+        survivors = [c for c in clients if c.pid != victim]
+        os.kill(victim, signal.SIGKILL)
+        for c in orphans:
+            with pytest.raises(ConnectionClosedError):
+                c.ws.receive(timeout=5)
+        # Reconnect with the same ids, as the browser client does.
+        with ThreadPoolExecutor(10) as pool:
+            back = list(pool.map(lambda c: _open(server, NS, client_id=c.client_id), orphans))
+        assert [c.client_id for c in back] == [c.client_id for c in orphans]
+        assert victim not in {c.pid for c in back}
+        clients = survivors + back
+        for i in range(15):
+            survivors[0].ws.send({"type": "seq", "data": i})
+        server.http().post("/_test/burst", {"path": NS, "count": 15})
+        for c in clients:
+            got = collect(c, {"seq": 15, "burst": 15})
+            assert got["seq"] == list(range(15))
+            assert [d["seq"] for d in got["burst"]] == list(range(15))
+            assert no_more(c, "seq")
+        target = back[0]
+        server.http().post("/_test/send", {"path": NS, "clientId": target.client_id,
+                                           "data": {"type": "dm", "data": "once"}})
+        assert target.ws.receive(type="dm")["data"]["data"] == "once"
+        assert no_more(target, "dm")
+    finally:
+        close_all(clients)
+        server.stop()
+
+
+@pytest.mark.cluster
+def test_redis_relay_refuses_unpatched_gevent():
+    """Under gevent without a patched socket the relay refuses to start, saying why."""
+    gevent = pytest.importorskip("gevent")
+    from flask import Flask
+
+    from flask_jpulse_ws import JPulseWS, concurrency
+
+    if concurrency.using_gevent():  # pragma: no cover - this process is never patched
+        pytest.skip("socket is monkey-patched in this process")
+    app = Flask(__name__)
+    app.config["JPULSE_WS_REDIS_URL"] = "redis://127.0.0.1:1/0"
+    JPulseWS(app)
+    relay = app.extensions["jpulse_ws"].relay
+    with pytest.raises(RuntimeError, match="monkey-patch"):
+        gevent.spawn(relay.start).get()
