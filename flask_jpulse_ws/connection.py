@@ -36,6 +36,8 @@ _NO_LOCK = contextlib.nullcontext()
 def _ignore(conn: Connection, payload: bytes) -> None:
     """Message sink until ``run()`` installs the pipeline."""
 _RECV_BYTES = 65536
+#: Bytes of JSON an app may attach to a presence member.
+_PRESENCE_INFO_MAX = 1024
 #: Messages waiting for a busy handler before the reader stops reading.
 _INBOX_MAX = 64
 
@@ -168,6 +170,19 @@ class Connection:
     def send(self, data: Dict[str, Any], ctx: Any = None) -> bool:
         """Send ``{type, data}`` to this client only (``ctx=None``: system)."""
         return self.namespace.send_to_client(self.client_id, data, ctx)
+
+    def set_presence_info(self, info: Dict[str, Any]) -> None:
+        """App fields shown with this member in ``presence()`` (JSON, at most 1 KiB).
+
+        :raises ValueError: when the info is not a dict or too large.
+        """
+        if not isinstance(info, dict):
+            raise ValueError("presence info must be a dict")
+        if len(envelope.encode_json(info)) > _PRESENCE_INFO_MAX:
+            raise ValueError(f"presence info is larger than {_PRESENCE_INFO_MAX} bytes")
+        self.presence_info = dict(info)
+        if self.namespace.template.has_presence and self.open:
+            self.namespace.state.presence.updated(self)
 
     def send_raw_json(self, payload: bytes) -> bool:
         """Send already-encoded JSON bytes as one text frame."""

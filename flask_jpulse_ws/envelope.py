@@ -20,6 +20,8 @@ __all__ = [
 
 #: Types starting with this are the framework's; clients may not send them.
 RESERVED_PREFIX = "_"
+#: Reserved types a client may send: the heartbeat and the presence query.
+CLIENT_FRAMEWORK_TYPES = frozenset({"_ping", "_presence"})
 #: The wire context of messages the server sends on its own behalf.
 SYSTEM_CTX: Dict[str, Any] = {"username": ""}
 
@@ -65,7 +67,7 @@ def check_type(message: Inbound) -> str:
     if not isinstance(msg_type, str) or not msg_type:
         raise InboundError("invalid", "Invalid message format: 'type' must be a string",
                            ErrorCode.INVALID)
-    if msg_type.startswith(RESERVED_PREFIX) and msg_type != "_ping":
+    if msg_type.startswith(RESERVED_PREFIX) and msg_type not in CLIENT_FRAMEWORK_TYPES:
         raise InboundError("reserved", f"Type {msg_type!r} is reserved for the framework",
                            ErrorCode.RESERVED_TYPE)
     return msg_type

@@ -45,6 +45,7 @@ class AppState:
         self.open_connections = 0
         self.health = HealthScheduler(self)
         self.relay: Relay = self._make_relay()
+        self._presence: Any = None
         self._started = False
 
     def _make_relay(self) -> Relay:
@@ -52,6 +53,14 @@ class AppState:
             from .redis_relay import RedisRelay
             return RedisRelay(self)
         return MemoryRelay(self)
+
+    @property
+    def presence(self) -> Any:
+        """The presence tracker (``presence.PresenceTracker``), made on first use."""
+        if self._presence is None:
+            from .presence import PresenceTracker
+            self._presence = PresenceTracker(self)
+        return self._presence
 
     def ensure_started(self) -> None:
         """Start the health scheduler and the relay listener on first use."""
@@ -165,6 +174,15 @@ class AppState:
             self.relay.publish("remove", path=path)
         return ns is not None
 
+    def presence_of(self, path: str, stats: bool) -> Any:
+        """Presence of a concrete path, even when no local client holds it."""
+        match = self.registry.match_concrete(path)
+        if match is None:
+            raise ValueError(f"No namespace matches {path!r}: declare it with ws.namespace()")
+        if not match[0].has_presence:
+            raise ValueError(f"{path} has no presence: declare it with presence=True")
+        return self.presence.stats(path) if stats else self.presence.members(path)
+
     def sweep_namespaces(self) -> None:
         import time as _t
         self.registry.sweep_empty(_t.monotonic(), self.settings.dynamic_grace)
@@ -194,6 +212,8 @@ class AppState:
             self.remove_namespace(message["path"], _relay=False)
         elif op == "revoke":
             self.revoke_session(message["token"], _relay=False)
+        elif op == "presence":  # members joined or left on another process
+            self.presence.apply_remote(message)
         elif op == "resync":  # a process dropped messages for these paths (Redis outage)
             self.resync_paths(message.get("paths"), "relay-gap")
         else:

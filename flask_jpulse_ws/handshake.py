@@ -167,12 +167,15 @@ def _join(state: AppState, ns: Any, conn: Connection) -> None:
                "data": {"clientId": conn.client_id, "namespace": ns.path,
                         "limits": ns.limits_wire}}
     conn.send_raw_json(envelope.encode_success(welcome, ns.wire_ctx(conn.ctx)))
+    if ns.template.has_presence:
+        state.presence.joined(conn)
     state.call_handler(ns.template.connect_handler, conn, "on_connect")
 
 
 def _leave(state: AppState, conn: Connection) -> None:
     ns = conn.namespace
-    ns.discard(conn)
+    if ns.discard(conn) and ns.template.has_presence:
+        state.presence.left(conn)
     if not conn.wait_handlers(_HANDLER_DRAIN_TIMEOUT):
         log.warning("on_message handlers of %s still running after %.0f s; calling "
                     "on_disconnect anyway", ns.path, _HANDLER_DRAIN_TIMEOUT)

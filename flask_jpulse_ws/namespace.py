@@ -71,7 +71,7 @@ class NamespaceTemplate:
         self.message_limits = dict(message_limits or {})
         self.history_size = int(history_size)
         self.history_ttl = float(history_ttl)
-        self.presence = bool(presence)
+        self.has_presence = bool(presence)
         self._ext = ext
         self.connect_handler: Optional[Handler] = None
         self.message_handler: Optional[Handler] = None
@@ -139,7 +139,16 @@ class NamespaceTemplate:
         return ns.get_stats() if ns is not None else None
 
     def remove_if_empty(self, ctx: Any = None) -> bool:
+        """Remove the concrete namespace if it has no clients; True when removed."""
         return bool(self._ext.remove_namespace(self._concrete_path(ctx), remove_if_empty=True))
+
+    def presence(self, ctx: Any = None) -> List[Dict[str, Any]]:
+        """Members of the concrete namespace across every process (``presence=True``)."""
+        return self._ext._state().presence_of(self._concrete_path(ctx), stats=False)
+
+    def presence_stats(self, ctx: Any = None) -> Dict[str, int]:
+        """``{"clients": n, "users": m}`` of the concrete namespace, every process."""
+        return self._ext._state().presence_of(self._concrete_path(ctx), stats=True)
 
 
 class Namespace:
@@ -213,7 +222,22 @@ class Namespace:
                                    self.limits_wire, s.status_warning, s.status_inactive)
 
     def remove_if_empty(self) -> bool:
+        """Remove this namespace if it has no clients; True when it was removed."""
         return self.state.remove_namespace(self.path, remove_if_empty=True)
+
+    def presence(self) -> List[Dict[str, Any]]:
+        """Members on every process: ``clientId``, ``username``, ``connectedAt``, ``info``."""
+        self._require_presence()
+        return self.state.presence.members(self.path)  # type: ignore[no-any-return]
+
+    def presence_stats(self) -> Dict[str, int]:
+        """``{"clients": n, "users": m}`` across every process (distinct usernames)."""
+        self._require_presence()
+        return self.state.presence.stats(self.path)  # type: ignore[no-any-return]
+
+    def _require_presence(self) -> None:
+        if not self.template.has_presence:
+            raise ValueError(f"{self.path} has no presence: declare it with presence=True")
 
     # --- membership
     def add(self, conn: Connection) -> None:

@@ -42,6 +42,13 @@ def handle_message(conn: Connection, payload: bytes) -> None:
     if msg_type == "_ping":  # framework heartbeat: answered, never counted as a message
         conn.send_raw_json(envelope.encode_framework("_pong", {"t": message.get("t")}))
         return
+    if msg_type == "_presence":  # "who is here?", answered by the framework
+        if ns.template.has_presence:
+            ns.state.presence.handle_request(conn, rid)
+        else:
+            conn.send_raw_json(envelope.encode_error(
+                "This namespace has no presence", ErrorCode.INVALID, None, rid))
+        return
     decision = conn.rate().check(concurrency.monotonic(), rid is not None)
     if not decision.allowed:
         limits = ns.limits
