@@ -16,7 +16,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from . import concurrency, envelope, frames
 from .context import Context
@@ -36,6 +36,8 @@ _NO_LOCK = contextlib.nullcontext()
 def _ignore(conn: Connection, payload: bytes) -> None:
     """Message sink until ``run()`` installs the pipeline."""
 _RECV_BYTES = 65536
+#: History frames buffered for one connection while its replay is read.
+_HOLD_MAX = 10000
 #: Bytes of JSON an app may attach to a presence member.
 _PRESENCE_INFO_MAX = 1024
 #: Messages waiting for a busy handler before the reader stops reading.
@@ -84,6 +86,9 @@ class Connection:
         self._pending: Optional[Dict[str, concurrency.AsyncResult]] = None
         self._request_id: Optional[str] = None
         self._replied = False
+        # History: the last position sent, and frames held during a replay.
+        self.history_position: Tuple[str, int] = ("", 0)
+        self._held: Optional[List[Tuple[str, int, bytes]]] = None
         # Reader state, and the inbox of messages waiting for the app handler.
         self._decoder = frames.FrameDecoder(settings.max_frame_size)
         self._on_message: Callable[[Connection, bytes], None] = _ignore
@@ -170,6 +175,35 @@ class Connection:
     def send(self, data: Dict[str, Any], ctx: Any = None) -> bool:
         """Send ``{type, data}`` to this client only (``ctx=None``: system)."""
         return self.namespace.send_to_client(self.client_id, data, ctx)
+
+    # ---------------------------------------------------------------- history
+
+    def hold(self) -> None:
+        """Buffer history frames while a replay is read (see :meth:`release`)."""
+        self._held = []
+
+    def release(self, position: Optional[Tuple[str, int]]) -> None:
+        """Send what was buffered, skipping what the client already has."""
+        held, self._held = self._held or [], None
+        if position is not None:
+            self.history_position = position
+        for epoch, offset, frame in held:
+            self.deliver_history_frame(epoch, offset, frame)
+
+    def deliver_history_frame(self, epoch: str, offset: int, frame: bytes) -> bool:
+        """Send a frame with a position once: never one the client already has."""
+        held = self._held
+        if held is not None:
+            if len(held) >= _HOLD_MAX:
+                self.close(CloseCode.SLOW_CONSUMER, "Too many messages during recovery")
+                return False
+            held.append((epoch, offset, frame))
+            return True
+        last_epoch, last_offset = self.history_position
+        if epoch == last_epoch and offset <= last_offset:
+            return False  # a replay already carried it
+        self.history_position = (epoch, offset)
+        return self.send_frame(frame)
 
     def set_presence_info(self, info: Dict[str, Any]) -> None:
         """App fields shown with this member in ``presence()`` (JSON, at most 1 KiB).
@@ -284,13 +318,13 @@ class Connection:
         self._close_sent = True
         self._cut_timer = concurrency.spawn_later(self._close_timeout, self._shutdown)
 
-    def terminate(self, code: int = CloseCode.SERVER_ERROR, reason: str = "") -> None:
-        """Best-effort close frame, then cut the TCP connection at once."""
+    def terminate(self, code: Optional[int] = CloseCode.SERVER_ERROR, reason: str = "") -> None:
+        """Best-effort close frame (none for ``code=None``), then cut the TCP connection."""
         if not self._close_sent:
             self.close_code = code
             with self._lock:
                 idle = self._queue is None
-            if idle:  # a queued close frame would never pass a frozen peer
+            if idle and code is not None:  # a queued close frame would never pass a frozen peer
                 try:
                     concurrency.nonblocking_send(self.sock, frames.close_frame(code, reason))
                 except OSError:

@@ -13,6 +13,7 @@ from . import auth, config, envelope, frames
 from .context import Context
 from .errors import CloseCode
 from .health import HealthScheduler, expire
+from .history import MemoryHistory
 from .namespace import Namespace, NamespaceTemplate, OnCreate, Registry
 from .relay import MemoryRelay, Relay
 from .stats import ActivityLog
@@ -46,6 +47,7 @@ class AppState:
         self.health = HealthScheduler(self)
         self.relay: Relay = self._make_relay()
         self._presence: Any = None
+        self._history: Any = None
         self._started = False
 
     def _make_relay(self) -> Relay:
@@ -108,19 +110,66 @@ class AppState:
             log.exception("%s handler of %s failed", name, conn.namespace.path)
 
     # ---------------------------------------------------------------- sending
-    def _check_path(self, path: str) -> None:
-        if path not in self.registry.live and self.registry.match_concrete(path) is None:
+    def _template_of(self, path: str) -> NamespaceTemplate:
+        ns = self.registry.live.get(path)
+        if ns is not None:
+            return ns.template
+        match = self.registry.match_concrete(path)
+        if match is None:
             raise ValueError(f"No namespace matches {path!r}: declare it with ws.namespace()")
+        return match[0]
+
+    def _check_path(self, path: str) -> None:
+        self._template_of(path)
 
     def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int:
         """Local clients first (no relay round trip), then every other process."""
-        self._check_path(path)
+        template = self._template_of(path)
         wire = envelope.wire_ctx(ctx, self.settings.wire_ctx_fields)
         payload = envelope.encode_success(data, wire)
+        if template.history_size:
+            return self._broadcast_with_history(template, path, payload, data.get("type", ""))
         n = self.deliver_broadcast(path, payload, data.get("type", ""))
         if self.relay.distributed:
             self.relay.publish("broadcast", path=path, payload=payload,
                                type=data.get("type", ""))
+        return n
+
+    # ---------------------------------------------------------------- history
+    @property
+    def history(self) -> Any:
+        """Where offsets are assigned: this process, or Redis when clustered."""
+        if self._history is None:
+            if self.relay.distributed:
+                from .redis_history import RedisHistory
+                self._history = RedisHistory(self.relay)  # type: ignore[arg-type]
+            else:
+                self._history = MemoryHistory()
+        return self._history
+
+    def _broadcast_with_history(self, template: NamespaceTemplate, path: str,
+                                payload: bytes, msg_type: str) -> int:
+        ns = self.registry.live.get(path)
+        if self.relay.distributed:
+            # Redis assigns the offset and publishes; every process, this one too,
+            # delivers when it comes back, so all deliver in one order.
+            if self.history.append(path, payload, template.history_size,
+                                   template.history_ttl, msg_type):
+                return len(ns.clients) if ns is not None else 0
+            return self.deliver_broadcast(path, payload, msg_type)  # no offset: resync covers
+        if ns is None:
+            return 0  # nobody here to deliver to, nobody who could catch up later
+        frame_json, (epoch, offset) = self.history.append(
+            path, payload, template.history_size, template.history_ttl)
+        return self.deliver_history(path, frame_json, epoch, offset, msg_type)
+
+    def deliver_history(self, path: str, frame_json: bytes, epoch: str, offset: int,
+                        msg_type: str = "") -> int:
+        ns = self.registry.live.get(path)
+        if ns is None:
+            return 0
+        n = ns.deliver_history(epoch, offset, frames.text_frame(frame_json))
+        ns.record_sent(msg_type, n, "", frame_json)
         return n
 
     def deliver_broadcast(self, path: str, payload: bytes, msg_type: str = "") -> int:
@@ -170,6 +219,8 @@ class AppState:
                 return False
             self.registry.remove(path)
             ns.close_all(CloseCode.NOT_FOUND, "Namespace removed")
+            if self._history is not None:
+                self._history.drop(path)
         if self.relay.distributed and _relay and not remove_if_empty:
             self.relay.publish("remove", path=path)
         return ns is not None
@@ -184,8 +235,9 @@ class AppState:
         return self.presence.stats(path) if stats else self.presence.members(path)
 
     def sweep_namespaces(self) -> None:
-        import time as _t
-        self.registry.sweep_empty(_t.monotonic(), self.settings.dynamic_grace)
+        for path in self.registry.sweep_empty(time.monotonic(), self.settings.dynamic_grace):
+            if self._history is not None:
+                self._history.drop(path)
 
     # ---------------------------------------------------------------- sessions
     def revoke_session(self, token: str, _relay: bool = True) -> int:
@@ -212,6 +264,10 @@ class AppState:
             self.remove_namespace(message["path"], _relay=False)
         elif op == "revoke":
             self.revoke_session(message["token"], _relay=False)
+        elif op == "hbroadcast":  # a broadcast with a history position, from Redis
+            self.deliver_history(message["path"], _bytes(message["payload"]),
+                                 str(message["epoch"]), int(message["offset"]),
+                                 str(message.get("type") or ""))
         elif op == "presence":  # members joined or left on another process
             self.presence.apply_remote(message)
         elif op == "resync":  # a process dropped messages for these paths (Redis outage)

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, quote
 
 from flask import Response, request
@@ -21,6 +21,7 @@ from . import auth, envelope, frames
 from .connection import Connection
 from .context import Context
 from .errors import CloseCode
+from .history import Position, parse_since
 from .namespace import close_code_for
 from .paths import is_whitelisted
 from .pipeline import handle_message
@@ -86,8 +87,9 @@ def serve(state: AppState) -> Any:
         return _ended(mode)
     identity = auth.identity_of(ctx, token, environ.get("HTTP_USER_AGENT", ""))
     conn = Connection(sock, ns, client_id, ctx, identity, token)
+    since = parse_since(_query(environ, "since")) if ns.template.history_size else None
     try:
-        _join(state, ns, conn)
+        _join(state, ns, conn, since)
         conn.run(handle_message)
     finally:
         state.release_ip(ip)
@@ -150,26 +152,61 @@ def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
     raise Rejected(code, "Rejected" if code != CloseCode.NOT_FOUND else "No such namespace")
 
 
+def _query(environ: Dict[str, Any], name: str) -> Optional[str]:
+    values = parse_qs(environ.get("QUERY_STRING", "")).get(name)
+    return values[0] if values else None
+
+
 def _client_id(environ: Dict[str, Any]) -> str:
-    values = parse_qs(environ.get("QUERY_STRING", "")).get("uuid")
-    if values and UUID_RE.match(values[0]):
-        return values[0]
+    given = _query(environ, "uuid")
+    if given and UUID_RE.match(given):
+        return given
     return str(uuid.uuid4())
 
 
-def _join(state: AppState, ns: Any, conn: Connection) -> None:
+def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position]) -> None:
+    template = ns.template
+    if template.history_size:
+        conn.hold()  # live frames wait while the position and any replay are read
     ns.add(conn)
     state.total_connections += 1
     now = time.time()
     ns.stats.touch(now)
     state.activity.add(now, ns.path, "connected", conn.ctx.username)
-    welcome = {"type": "connected",
-               "data": {"clientId": conn.client_id, "namespace": ns.path,
-                        "limits": ns.limits_wire}}
-    conn.send_raw_json(envelope.encode_success(welcome, ns.wire_ctx(conn.ctx)))
+    welcome: Dict[str, Any] = {"clientId": conn.client_id, "namespace": ns.path,
+                               "limits": ns.limits_wire}
+    if template.has_presence:
+        welcome["presence"] = True  # the client loads the member list after the welcome
+    position = None
+    if template.history_size:
+        position = state.history.position(ns.path, template.history_ttl)
+        if position is not None:
+            welcome["epoch"], welcome["offset"] = position
+    conn.send_raw_json(envelope.encode_success({"type": "connected", "data": welcome},
+                                               ns.wire_ctx(conn.ctx)))
+    if template.history_size:
+        conn.release(_replay(state, conn, since, position))
     if ns.template.has_presence:
         state.presence.joined(conn)
     state.call_handler(ns.template.connect_handler, conn, "on_connect")
+
+
+def _replay(state: AppState, conn: Connection, since: Optional[Position],
+            position: Optional[Position]) -> Optional[Position]:
+    """Send what a reconnecting client missed, then ``_recovered``; return where it is."""
+    if since is None:
+        return position
+    ns = conn.namespace
+    missed = state.history.since(ns.path, since, ns.template.history_ttl)
+    if missed is None:  # another epoch, or older than the history: never a partial replay
+        conn.send_raw_json(envelope.encode_framework(
+            "_recovered", {"recovered": False, "count": 0}))
+        return position
+    for _, frame_json in missed:
+        conn.send_raw_json(frame_json)
+    conn.send_raw_json(envelope.encode_framework(
+        "_recovered", {"recovered": True, "count": len(missed)}))
+    return (since[0], missed[-1][0]) if missed else since
 
 
 def _leave(state: AppState, conn: Connection) -> None:

@@ -27,6 +27,7 @@ from typing import (
 
 from . import envelope
 from .errors import CloseCode
+from .history import DEFAULT_TTL
 from .limits import Limits
 from .paths import PathPattern, decode_path, is_pattern, validate_path
 from .stats import NamespaceStats
@@ -69,8 +70,10 @@ class NamespaceTemplate:
         self.on_create = on_create
         Limits.resolve(message_limits, 1, 1, 1)  # validate keys early, at declaration
         self.message_limits = dict(message_limits or {})
+        if history_size < 0 or history_ttl < 0:
+            raise ValueError("history_size and history_ttl must not be negative")
         self.history_size = int(history_size)
-        self.history_ttl = float(history_ttl)
+        self.history_ttl = float(history_ttl or (DEFAULT_TTL if history_size else 0))
         self.has_presence = bool(presence)
         self._ext = ext
         self.connect_handler: Optional[Handler] = None
@@ -193,6 +196,14 @@ class Namespace:
         n = 0
         for conn in tuple(self.clients.values()):
             if conn.send_frame(frame):
+                n += 1
+        return n
+
+    def deliver_history(self, epoch: str, offset: int, frame: bytes) -> int:
+        """Hand a frame with a history position to every local client, once each."""
+        n = 0
+        for conn in tuple(self.clients.values()):
+            if conn.deliver_history_frame(epoch, offset, frame):
                 n += 1
         return n
 

@@ -232,6 +232,16 @@ class RedisRelay(Relay):
             return
         self._recover()
 
+    def ensure_available(self) -> bool:
+        """Start if needed; False while degraded (callers skip Redis at once)."""
+        if not self._started:
+            self.start()
+        return not self.degraded
+
+    def report_failure(self, reason: str) -> None:
+        """A command on the publisher connection failed: open the circuit."""
+        self._enter_degraded(reason, subscription_lost=False)
+
     # ------------------------------------------------------------------ the circuit
     def _enter_degraded(self, reason: str, subscription_lost: bool) -> None:
         if subscription_lost:

@@ -14,7 +14,7 @@ import re
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import quote, unquote
 
 from . import envelope
@@ -23,8 +23,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .extension import AppState
 
 __all__ = ["Relay", "MemoryRelay", "check_prefix", "relay_channel", "namespace_channel",
-           "path_of_channel", "stats_key", "instances_key", "encode_op", "new_host_id",
-           "merge_instances"]
+           "path_of_channel", "stats_key", "history_keys", "presence_keys",
+           "path_of_presence_key", "instances_key", "encode_op",
+           "new_host_id", "merge_instances"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
@@ -82,6 +83,37 @@ def stats_key(prefix: str, host_id: str) -> str:
 def instances_key(prefix: str) -> str:
     """Set of the host ids that have published a stats snapshot."""
     return f"{check_prefix(prefix)}:instances"
+
+
+def history_keys(prefix: str, path: str) -> Tuple[str, str]:
+    """Redis keys of a namespace's history: (meta hash, stream)."""
+    base = f"{check_prefix(prefix)}:hist:{quote(path, safe='')}"
+    return base + ":meta", base
+
+
+def presence_keys(prefix: str, path: str) -> Tuple[str, str]:
+    """Redis keys of a namespace's presence: (members hash, expiry sorted set).
+
+    The hash maps a member id (``host|clientId``) to the member's JSON; the sorted set
+    scores the same ids by expiry time. The path is encoded as in
+    :func:`namespace_channel`; :func:`path_of_presence_key` reverses it.
+    """
+    base = f"{check_prefix(prefix)}:presence:{quote(path, safe='/')}"
+    return base + ":members", base + ":expiry"
+
+
+def path_of_presence_key(prefix: str, key: str) -> Optional[str]:
+    """The namespace path a :func:`presence_keys` key encodes; ``None`` if not one."""
+    head = f"{check_prefix(prefix)}:presence:"
+    for tail in (":members", ":expiry"):
+        if key.startswith(head) and key.endswith(tail):
+            encoded = key[len(head):-len(tail)]
+            try:
+                path = unquote(encoded, encoding="utf-8", errors="strict")
+            except UnicodeDecodeError:
+                return None
+            return path if quote(path, safe="/") == encoded else None
+    return None
 
 
 def new_host_id(kind: str = "") -> str:

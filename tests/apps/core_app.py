@@ -73,6 +73,13 @@ def create_app():
         return ctx
 
     rooms = ws.namespace("/api/1/ws/rooms/:room", on_create=on_create)
+    history = ws.namespace("/api/1/ws/history", history_size=100)
+    ws.namespace("/api/1/ws/hrooms/:room", history_size=20, history_ttl=60)
+
+    @history.on_message
+    def history_message(conn):
+        if conn.message["type"] == "whoami":
+            conn.reply({"clientId": conn.client_id, "pid": os.getpid()})
     ws.namespace("/api/1/ws/open-rooms/:room")
 
     @echo.on_message
@@ -156,6 +163,17 @@ def create_app():
         for seq in range(body["count"]):
             ws.broadcast(body["path"], {"type": "burst", "data": {"seq": seq, "pad": pad}})
         return jsonify(sent=body["count"])
+
+    @app.post("/_test/cut")
+    def http_cut():
+        """Cut a client's TCP connection without a close frame (a network failure)."""
+        body = request.get_json()
+        ns = ws.get_namespace(body["path"])
+        conn = ns.clients.get(body["clientId"]) if ns else None
+        if conn is None:
+            return jsonify(cut=False)
+        conn.terminate(None)
+        return jsonify(cut=True)
 
     @app.post("/_test/send")
     def http_send():

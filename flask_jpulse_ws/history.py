@@ -1,0 +1,98 @@
+"""Missed-message history: an offset per broadcast, an epoch per stream, replay.
+
+A namespace declared with ``history_size`` keeps its last broadcasts. Every frame
+carries ``offset`` (1, 2, 3... per stream) and ``epoch`` (a random name that
+changes whenever the stream is lost or reset). A client that reconnects with
+``?since=epoch:offset`` gets exactly what it missed, or is told it cannot (never a
+partial replay). This module holds the in-memory store (one process) and the
+pure helpers; ``redis_history`` stores streams in Redis for a cluster.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional, Tuple
+
+__all__ = ["Position", "with_position", "parse_since", "new_epoch", "MemoryHistory",
+           "DEFAULT_TTL"]
+
+#: Seconds a broadcast stays replayable when a namespace gives a size but no TTL.
+DEFAULT_TTL = 300.0
+
+_SINCE = re.compile(r"^([A-Za-z0-9_-]{1,64}):(\d{1,18})$")
+
+#: (epoch, offset): where a stream is, or where a client got to.
+Position = Tuple[str, int]
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(6)
+
+
+def with_position(frame_json: bytes, offset: int, epoch: str) -> bytes:
+    """``{"success": true, "data": ...}`` -> the same with ``"offset"`` and ``"epoch"``."""
+    return b"%s,\"offset\":%d,\"epoch\":\"%s\"}" % (frame_json[:-1], offset, epoch.encode())
+
+
+def parse_since(value: Optional[str]) -> Optional[Position]:
+    """``"a1b2c3:42"`` -> ``("a1b2c3", 42)``; anything malformed -> ``None``."""
+    m = _SINCE.match(value or "")
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+@dataclass
+class _Stream:
+    epoch: str = field(default_factory=new_epoch)
+    offset: int = 0
+    entries: Deque[Tuple[int, float, bytes]] = field(default_factory=deque)
+
+
+class MemoryHistory:
+    """Streams for one process (no Redis): offsets are assigned here, in order."""
+
+    def __init__(self) -> None:
+        self._streams: Dict[str, _Stream] = {}
+
+    def append(self, path: str, frame_json: bytes, size: int, ttl: float) -> Tuple[bytes, Position]:
+        """Store one broadcast; return its frame (with position) and the position."""
+        stream = self._streams.get(path)
+        if stream is None:
+            stream = self._streams[path] = _Stream()
+        stream.offset += 1
+        frame = with_position(frame_json, stream.offset, stream.epoch)
+        stream.entries.append((stream.offset, time.time(), frame))
+        while len(stream.entries) > size:
+            stream.entries.popleft()
+        return frame, (stream.epoch, stream.offset)
+
+    def position(self, path: str, ttl: float = 0) -> Position:
+        """The stream's epoch and last offset (a new stream starts at 0)."""
+        stream = self._streams.get(path)
+        if stream is None:
+            stream = self._streams[path] = _Stream()
+        return stream.epoch, stream.offset
+
+    def since(self, path: str, since: Position, ttl: float) -> Optional[List[Tuple[int, bytes]]]:
+        """Every frame after ``since``, in order; ``None`` if any of them is gone."""
+        stream = self._streams.get(path)
+        if stream is None or stream.epoch != since[0] or since[1] > stream.offset:
+            return None
+        wanted = stream.offset - since[1]
+        if wanted == 0:
+            return []
+        horizon = time.time() - ttl
+        entries = [(off, frame) for off, ts, frame in stream.entries if off > since[1]]
+        if len(entries) != wanted or entries[0][0] != since[1] + 1:
+            return None  # older than the history holds: never a partial replay
+        first_ts = next(ts for off, ts, _ in stream.entries if off == since[1] + 1)
+        if first_ts < horizon:
+            return None
+        return entries
+
+    def drop(self, path: str) -> None:
+        """Forget a stream (its namespace was removed): the next one has a new epoch."""
+        self._streams.pop(path, None)

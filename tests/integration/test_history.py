@@ -1,0 +1,194 @@
+"""Missed-message recovery: exactly what was missed, in order, or a clear no."""
+
+import threading
+
+import pytest
+from servers import GunicornServer, RedisServer, wait_for
+
+from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
+
+PATH = "/api/1/ws/history"
+
+
+def join(server, path=PATH, since=None):
+    query = f"?since={since[0]}:{since[1]}" if since else ""
+    c = WSTestClient(server.ws_url(path + query))
+    welcome = c.receive(type="connected")["data"]["data"]
+    return c, welcome
+
+
+def broadcast(server, n, path=PATH, start=0):
+    server.http().post("/_test/burst", {"path": path, "count": n, "size": 10})
+
+
+def read_ticks(c, n, timeout=10):
+    out = []
+    for _ in range(n):
+        frame = c.receive(timeout=timeout)
+        out.append(frame)
+    return out
+
+
+def cut_client_side(c):
+    c.sock.close()  # no close frame: the network went away
+
+
+def cut_server_side(server, path, client_id):
+    assert server.http().post("/_test/cut", {"path": path, "clientId": client_id})["cut"]
+
+
+def test_broadcast_frames_carry_offset_and_epoch_and_the_welcome_the_position(server):
+    c, welcome = join(server)
+    assert isinstance(welcome["epoch"], str) and isinstance(welcome["offset"], int)
+    broadcast(server, 3)
+    frames = read_ticks(c, 3)
+    assert [f["offset"] for f in frames] == [welcome["offset"] + i for i in (1, 2, 3)]
+    assert {f["epoch"] for f in frames} == {welcome["epoch"]}
+    assert frames[0]["success"] is True and frames[0]["data"]["type"] == "burst"
+    c.close()
+
+
+@pytest.mark.parametrize("cut", ["client", "server"])
+def test_a_client_cut_off_during_50_broadcasts_gets_exactly_those_50(server, cut):
+    c, welcome = join(server)
+    broadcast(server, 2)
+    last = read_ticks(c, 2)[-1]
+    position = (last["epoch"], last["offset"])
+    if cut == "client":
+        cut_client_side(c)
+    else:
+        cut_server_side(server, PATH, welcome["clientId"])
+        with pytest.raises(ConnectionClosedError):
+            c.receive(timeout=5)
+    wait_for(lambda: server.http().get(f"/_test/namespace?path={PATH}")["clientCount"] == 0,
+             message="the cut connection to be gone")
+    broadcast(server, 50)
+    back, _ = join(server, since=position)
+    replay = read_ticks(back, 51)
+    assert [f["offset"] for f in replay[:50]] == list(range(position[1] + 1, position[1] + 51))
+    assert replay[50]["data"] == {"type": "_recovered", "data": {"recovered": True, "count": 50}}
+    broadcast(server, 5)  # live frames follow with no gap and no duplicate
+    live = read_ticks(back, 5)
+    assert [f["offset"] for f in live] == list(range(position[1] + 51, position[1] + 56))
+    assert back.receive_all(0.3) == []
+    back.close()
+
+
+def test_nothing_missed_recovers_with_count_zero(server):
+    c, welcome = join(server)
+    c.close()
+    back, _ = join(server, since=(welcome["epoch"], welcome["offset"]))
+    assert back.receive()["data"] == {"type": "_recovered",
+                                      "data": {"recovered": True, "count": 0}}
+    back.close()
+
+
+def test_a_gap_larger_than_the_history_is_refused_whole(server):
+    c, welcome = join(server)
+    c.close()
+    broadcast(server, 101)  # the history keeps 100
+    back, _ = join(server, since=(welcome["epoch"], welcome["offset"]))
+    assert back.receive()["data"] == {"type": "_recovered",
+                                      "data": {"recovered": False, "count": 0}}
+    assert back.receive_all(0.3) == []  # never a partial replay
+    back.close()
+
+
+@pytest.mark.parametrize("since", ["other-epoch:1", "garbage", "x:99999999"])
+def test_unknown_epochs_and_positions_are_refused(server, since):
+    c = WSTestClient(server.ws_url(f"{PATH}?since={since}"))
+    c.receive(type="connected")
+    if since == "garbage":  # not a position at all: treated as a fresh connection
+        assert c.receive_all(0.3) == []
+    else:
+        assert c.receive()["data"]["data"]["recovered"] is False
+    c.close()
+
+
+def test_rooms_of_a_pattern_have_their_own_streams(server):
+    a, wa = join(server, "/api/1/ws/hrooms/a")
+    b, wb = join(server, "/api/1/ws/hrooms/b")
+    assert wa["epoch"] != wb["epoch"]
+    broadcast(server, 2, "/api/1/ws/hrooms/a")
+    assert [f["offset"] for f in read_ticks(a, 2)] == [wa["offset"] + 1, wa["offset"] + 2]
+    assert b.receive_all(0.3) == []
+    a.close()
+    b.close()
+
+
+def test_broadcasts_racing_with_the_reconnect_are_neither_lost_nor_duplicated(server):
+    for attempt in range(50):
+        c, _ = join(server)
+        broadcast(server, 1)
+        last = read_ticks(c, 1)[-1]
+        position = (last["epoch"], last["offset"])
+        cut_client_side(c)
+        sender = threading.Thread(target=broadcast, args=(server, 20))
+        sender.start()  # broadcasts go out while the client reconnects
+        back, _ = join(server, since=position)
+        sender.join()
+        offsets = []
+        while len(offsets) < 20:
+            frame = back.receive(timeout=10)
+            if frame["data"]["type"] == "_recovered":
+                assert frame["data"]["data"]["recovered"] is True
+                continue
+            offsets.append(frame["offset"])
+        assert offsets == list(range(position[1] + 1, position[1] + 21)), attempt
+        assert [f for f in back.receive_all(0.05) if f["data"]["type"] != "_recovered"] == []
+        back.close()
+
+
+@pytest.mark.cluster
+def test_recovery_on_another_worker_and_after_redis_restarts():
+    redis = RedisServer().start()
+    srv = GunicornServer(workers=2, settings={"JPULSE_WS_REDIS_URL": redis.url}).start()
+    try:
+        pids = set()
+        c, welcome = join(srv)
+        pid = c.request({"type": "whoami"})["data"]["pid"]
+        broadcast(srv, 3)
+        last = read_ticks(c, 3)[-1]
+        assert last["offset"] == welcome["offset"] + 3
+        position = (last["epoch"], last["offset"])
+        cut_client_side(c)
+        broadcast(srv, 50)
+        # Reconnect until the new connection is on the other worker.
+        for _ in range(60):
+            back, _ = join(srv, since=position)
+            frames = read_ticks(back, 51)
+            other = back.request({"type": "whoami"})["data"]["pid"]
+            pids.add(other)
+            assert [f["offset"] for f in frames[:50]] == \
+                list(range(position[1] + 1, position[1] + 51))
+            assert frames[50]["data"]["data"] == {"recovered": True, "count": 50}
+            if other != pid:
+                break
+            back.close()
+        assert len(pids | {pid}) == 2, "never reached the second worker"
+        # Every worker delivers in Redis' order: offsets from two workers interleave cleanly.
+        t = threading.Thread(target=broadcast, args=(srv, 30))
+        t.start()
+        broadcast(srv, 30)
+        t.join()
+        got = [f["offset"] for f in read_ticks(back, 60)]
+        assert got == sorted(got) and len(set(got)) == 60
+        position = (frames[0]["epoch"], got[-1])
+        back.close()
+        # Redis restarts empty: the epoch is gone, so recovery must say no.
+        port = redis.port
+        redis.kill()
+        redis = RedisServer(port=port).start()
+
+        def refused():
+            c2, _ = join(srv, since=position)
+            try:
+                first = c2.receive(timeout=3)
+                return first["data"]["type"] == "_recovered" and \
+                    first["data"]["data"]["recovered"] is False
+            finally:
+                c2.close()
+        wait_for(refused, timeout=15, message="recovery refused after Redis lost the epoch")
+    finally:
+        srv.stop()
+        redis.stop()
