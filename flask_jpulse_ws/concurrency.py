@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 __all__ = ["using_gevent", "spawn", "spawn_later", "sleep", "Event", "Lock",
-           "nonblocking_send", "AsyncResult", "monotonic"]
+           "nonblocking_sender", "AsyncResult", "monotonic"]
 
 _gevent: Optional[bool] = None
 monotonic = time.monotonic
@@ -97,17 +97,16 @@ class AsyncResult:
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
-def nonblocking_send(sock: Any, data: Any) -> int:
-    """Send what the kernel takes now, without waiting; return the byte count.
+def nonblocking_sender(sock: Any) -> Callable[[Any], int]:
+    """``send(data) -> bytes taken now``, never waiting; raises ``BlockingIOError``
+    (nothing taken) or ``OSError`` (connection gone).
 
     Under gevent the real socket behind the cooperative one is already
-    non-blocking; under threads ``MSG_DONTWAIT`` makes one call non-blocking.
-    Raises ``OSError`` when the connection is gone.
+    non-blocking, so its bound ``send`` is used directly (no wrapper on the hot
+    path); under threads ``MSG_DONTWAIT`` makes each call non-blocking.
     """
     raw = getattr(sock, "_sock", None) if using_gevent() else None
-    try:
-        if raw is not None:
-            return int(raw.send(data))
-        return int(sock.send(data, _DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        return 0
+    if raw is not None:
+        return raw.send  # type: ignore[no-any-return]
+    send = sock.send
+    return lambda data: send(data, _DONTWAIT)  # type: ignore[no-any-return]

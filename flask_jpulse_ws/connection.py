@@ -31,6 +31,7 @@ __all__ = ["Connection"]
 log = logging.getLogger("flask_jpulse_ws")
 
 _NO_LOCK = contextlib.nullcontext()
+_OVERFLOW = object()
 
 
 def _ignore(conn: Connection, payload: bytes) -> None:
@@ -73,6 +74,8 @@ class Connection:
         self._head_partial = False
         self._max_queue = settings.max_queue_bytes
         self._lock: Any = _NO_LOCK if concurrency.using_gevent() else concurrency.Lock()
+        #: One non-blocking write: what the kernel takes now, never a wait.
+        self._send_now: Callable[[Any], int] = concurrency.nonblocking_sender(sock)
         self._close_sent = False
         self._shutdown_when_flushed = False
         self._cut_timer: Any = None
@@ -111,31 +114,41 @@ class Connection:
             queue bound.
         :returns: False when the connection no longer takes data.
         """
-        with self._lock:
-            if self._close_sent and not force:
-                return False
-            if self._queue is None:
-                try:
-                    sent = concurrency.nonblocking_send(self.sock, frame)
-                except OSError:
-                    self._lost()
-                    return False
-                if sent == len(frame):
-                    return True
-                self._queue = deque((memoryview(frame)[sent:],))
-                self._queued = len(frame) - sent
-                self._head_partial = sent > 0
-                concurrency.spawn(self._write_queued)
-                return True
-            if self._queued + len(frame) > self._max_queue and not force:
-                overflow = True
-            else:
-                self._queue.append(frame)
-                self._queued += len(frame)
-                return True
-        if overflow:
+        if self._lock is _NO_LOCK:  # gevent: nothing in here can switch greenlets
+            outcome = self._send_or_queue(frame, force)
+        else:
+            with self._lock:
+                outcome = self._send_or_queue(frame, force)
+        if outcome is _OVERFLOW:
             self._slow_consumer()
-        return False
+            return False
+        return outcome is True
+
+    def _send_or_queue(self, frame: bytes, force: bool) -> object:
+        """True sent or queued, False gone, ``_OVERFLOW`` past the bound (caller locks)."""
+        if self._close_sent and not force:
+            return False
+        queue = self._queue
+        if queue is None:
+            try:
+                sent = self._send_now(frame)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._lost()
+                return False
+            if sent == len(frame):
+                return True  # the common case: the kernel took it all, no copy, no switch
+            self._queue = deque((memoryview(frame)[sent:],))
+            self._queued = len(frame) - sent
+            self._head_partial = sent > 0
+            concurrency.spawn(self._write_queued)
+            return True
+        if self._queued + len(frame) > self._max_queue and not force:
+            return _OVERFLOW
+        queue.append(frame)
+        self._queued += len(frame)
+        return True
 
     def _write_queued(self) -> None:
         sock = self.sock
@@ -326,7 +339,7 @@ class Connection:
                 idle = self._queue is None
             if idle and code is not None:  # a queued close frame would never pass a frozen peer
                 try:
-                    concurrency.nonblocking_send(self.sock, frames.close_frame(code, reason))
+                    self._send_now(frames.close_frame(code, reason))
                 except OSError:
                     pass
             self._close_sent = True

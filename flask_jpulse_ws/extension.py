@@ -379,7 +379,7 @@ class JPulseWS:
         # websocket=True: only upgrade requests match, so the app's own HTTP
         # routes under /api/1/ws/ (if any) are untouched.
         bp.add_url_rule("/api/1/ws/<path:subpath>", "endpoint", websocket_endpoint,
-                        websocket=True, strict_slashes=False)
+                        websocket=True, strict_slashes=False, merge_slashes=False)
         return bp
 
     def _connect_login_signals(self, app: Flask) -> None:

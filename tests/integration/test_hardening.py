@@ -26,7 +26,7 @@ SETTINGS = {"JPULSE_WS_ABUSE_THRESHOLD": 1000, "JPULSE_WS_RATE_MAX_MESSAGES": 10
 DOCUMENTED_ERRORS = {400, 500, "MESSAGE_TOO_LARGE", "RATE_LIMIT_EXCEEDED", "RESERVED_TYPE",
                      "NO_REPLY"}
 DOCUMENTED_CLOSES = {1000, 1002, 1007, 1008, 1009}
-FUZZ = settings(max_examples=120, deadline=None,
+FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 
