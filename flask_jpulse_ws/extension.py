@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from flask import Blueprint, Flask, current_app, has_app_context, url_for
 from markupsafe import Markup
 
-from . import auth, config, envelope, frames
+from . import auth, config, envelope, frames, shutdown
 from .context import Context
 from .errors import CloseCode
 from .health import HealthScheduler, expire
@@ -70,6 +70,7 @@ class AppState:
             self._started = True
             self.health.start()
             self.relay.start()
+            shutdown.install(self)
 
     # ---------------------------------------------------------------- admission
     def load_context(self, ip: str) -> Context:

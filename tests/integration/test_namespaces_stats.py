@@ -141,3 +141,14 @@ def test_activity_log_records_each_direction_and_forgets_after_its_window(server
     wait_for(lambda: not any(e["namespace"] == "/api/1/ws/rooms/logged"
                              for e in stats(server)["activityLog"]), timeout=5,
              message="entries older than the 2 s window to go")
+
+
+def test_stopping_the_worker_closes_sockets_with_1001(make_server):
+    srv = make_server()
+    c = WSTestClient(srv.ws_url("/api/1/ws/echo"))
+    c.receive(type="connected")
+    import os
+    import signal
+    for pid in srv.worker_pids():
+        os.kill(pid, signal.SIGTERM)  # what the master sends its workers on a deploy
+    assert c.wait_closed(timeout=5) == 1001
