@@ -35,7 +35,7 @@ import orjson
 from . import concurrency, frames
 
 __all__ = [
-    "connect", "get_connections", "WSClient", "close_action",
+    "connect", "get_connections", "WSClient", "close_action", "apply_presence",
     "CONNECTING", "CONNECTED", "RECONNECTING", "DISCONNECTED", "AUTH_REQUIRED",
 ]
 
@@ -62,6 +62,7 @@ USER_AGENT = "flask-jpulse-ws-python"
 StatusCallback = Callable[[str, str], Any]
 MessageCallback = Callable[[Dict[str, Any]], Any]
 ResyncCallback = Callable[[Dict[str, Any]], Any]
+PresenceCallback = Callable[[Dict[str, Any]], Any]
 
 _registry: List[WSClient] = []
 _registry_lock = concurrency.Lock()
@@ -86,6 +87,25 @@ def close_action(code: int) -> str:
 
 def _failure(code: str, error: str, **extra: Any) -> Dict[str, Any]:
     return {"success": False, "code": code, "error": error, **extra}
+
+
+def _members_of(value: Any) -> List[Dict[str, Any]]:
+    return [m for m in value if isinstance(m, dict) and isinstance(m.get("clientId"), str)] \
+        if isinstance(value, list) else []
+
+
+def apply_presence(members: Dict[str, Dict[str, Any]], batch: Mapping[str, Any]) -> None:
+    """Apply a ``_presence`` batch to a member map (client id -> member): ``left``, then
+    ``joined``, then ``updated``. The map keeps the newest connection of a client id, and
+    a ``left`` removes only the very connection that left (the browser client's rule)."""
+    for m in _members_of(batch.get("left")):
+        held = members.get(m["clientId"])
+        if held is not None and held.get("connectedAt") == m.get("connectedAt"):
+            del members[m["clientId"]]
+    for m in _members_of(batch.get("joined")) + _members_of(batch.get("updated")):
+        held = members.get(m["clientId"])
+        if held is None or not str(held.get("connectedAt")) > str(m.get("connectedAt")):
+            members[m["clientId"]] = m
 
 
 def _frame_type(frame: Dict[str, Any]) -> Any:
@@ -139,6 +159,13 @@ class WSClient:
         self._message_callbacks: List[MessageCallback] = []
         self._status_callbacks: List[StatusCallback] = []
         self._resync_callbacks: List[ResyncCallback] = []
+        self._presence_callbacks: List[PresenceCallback] = []
+        # Presence: the member map, loaded after each welcome that announces presence;
+        # batches arriving while it loads wait in the buffer (all on the reader).
+        self._members: Dict[str, Dict[str, Any]] = {}
+        self._presence_rid: Optional[str] = None
+        self._presence_buffer: List[Dict[str, Any]] = []
+        self._presence_on = False
         self._pending: Dict[str, concurrency.AsyncResult] = {}
         self._expired: Dict[str, None] = {}  # insertion-ordered set
         self._lock = concurrency.Lock()  # state: status, socket, generation, pending
@@ -169,6 +196,13 @@ class WSClient:
         self._resync_callbacks.append(self._check_callable(callback))
         return callback
 
+    def on_presence(self, callback: PresenceCallback) -> PresenceCallback:
+        """Call ``callback({"joined", "left", "updated", "members"})`` for each presence
+        batch (``members``: the local map after it), and with ``"snapshot": True`` when
+        the member list was (re)loaded after a welcome or a resync."""
+        self._presence_callbacks.append(self._check_callable(callback))
+        return callback
+
     @staticmethod
     def _check_callable(callback: Any) -> Any:
         if not callable(callback):
@@ -193,6 +227,11 @@ class WSClient:
     def get_client_id(self) -> str:
         """The id this connection uses; after a welcome, the one the server confirmed."""
         return self._client_id
+
+    def get_presence(self) -> List[Dict[str, Any]]:
+        """The members of a presence namespace as this client knows them (kept in step)."""
+        with self._lock:
+            return list(self._members.values())
 
     def get_limits(self) -> Optional[Dict[str, Any]]:
         """The welcome's ``limits`` (``maxSize``, ``interval``, ``maxMessages``)."""
@@ -479,9 +518,61 @@ class WSClient:
         self._set_status(CONNECTED, generation)
         if resync and generation == self._generation:
             self._call_each(self._resync_callbacks, {"reason": resync})
+        self._presence_on = info.get("presence") is True
+        if self._presence_on and generation == self._generation:
+            self._load_presence()
+
+    # ------------------------------------------------------------------ presence
+    def _load_presence(self) -> None:
+        """Ask for the member list without waiting: the reader routes the reply here."""
+        rid = f"presence-{uuid.uuid4()}"
+        with self._lock:
+            self._presence_rid, self._presence_buffer = rid, []
+        if not self._transmit(orjson.dumps({"type": "_presence", "requestId": rid})):
+            self._presence_loaded(rid, None)
+
+    def _presence_loaded(self, rid: str, frame: Optional[Dict[str, Any]]) -> None:
+        with self._lock:
+            if rid != self._presence_rid:
+                return
+            self._presence_rid = None
+            buffer, self._presence_buffer = self._presence_buffer, []
+            data = frame.get("data") if frame and frame.get("success") is True else None
+            if isinstance(data, dict):
+                self._members = {}
+                apply_presence(self._members, {"joined": data.get("members")})
+                for batch in buffer:
+                    apply_presence(self._members, batch)
+                buffer = []
+                members = list(self._members.values())
+        if isinstance(data, dict):
+            self._call_each(self._presence_callbacks, {"joined": [], "left": [], "updated": [],
+                                                       "members": members, "snapshot": True})
+        for batch in buffer:  # no list: keep the events at least
+            self._handle_presence(batch)
+
+    def _handle_presence(self, batch: Any) -> None:
+        if not isinstance(batch, dict):
+            return
+        with self._lock:
+            if self._presence_rid is not None:
+                self._presence_buffer.append(batch)
+                return
+            apply_presence(self._members, batch)
+            members = list(self._members.values())
+        self._call_each(self._presence_callbacks, {
+            "joined": _members_of(batch.get("joined")), "left": _members_of(batch.get("left")),
+            "updated": _members_of(batch.get("updated")), "members": members})
+
+    def presence(self, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Ask the server who is here: the reply frame, ``{"success": True, "data":
+        {"members", "stats", ["partial"]}}``, or a failure as :meth:`request` returns."""
+        return self.request({"type": "_presence"}, timeout)
 
     def _route(self, frame: Dict[str, Any]) -> None:
         rid = frame.get("requestId")
+        if isinstance(rid, str) and rid == self._presence_rid:
+            return self._presence_loaded(rid, frame)
         if isinstance(rid, str):
             with self._lock:
                 waiter = self._pending.pop(rid, None)
@@ -493,7 +584,11 @@ class WSClient:
         if frame.get("success") is False and frame.get("code") == "SESSION_EXPIRED":
             return  # close 4401 follows
         ftype = _frame_type(frame)
+        if ftype == "_presence":
+            return self._handle_presence(frame["data"].get("data"))
         if ftype == "_resync":
+            if self._presence_on:
+                self._load_presence()  # presence batches may have been missed too
             reason = (frame["data"].get("data") or {}).get("reason")
             self._call_each(self._resync_callbacks, {"reason": reason})
             return
@@ -650,7 +745,8 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
             client_id: Optional[str] = None,
             on_status_change: Optional[StatusCallback] = None,
             on_message: Optional[MessageCallback] = None,
-            on_resync: Optional[ResyncCallback] = None) -> WSClient:
+            on_resync: Optional[ResyncCallback] = None,
+            on_presence: Optional[PresenceCallback] = None) -> WSClient:
     """Open a reconnecting connection to a namespace; returns at once (status ``connecting``).
 
     :param url: ``ws://host:port/api/1/ws/...`` (or ``wss://``); ``?uuid=`` is added.
@@ -669,6 +765,7 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
         (the reader runs concurrently, unlike a page's single thread).
     :param on_message: likewise, for app frames.
     :param on_resync: likewise, for resyncs.
+    :param on_presence: likewise, for presence batches (see :meth:`WSClient.on_presence`).
 
     Example::
 
@@ -688,6 +785,8 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
         client.on_message(on_message)
     if on_resync is not None:
         client.on_resync(on_resync)
+    if on_presence is not None:
+        client.on_presence(on_presence)
     return client._start()
 
 

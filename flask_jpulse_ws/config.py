@@ -69,6 +69,12 @@ ADMIN_URL = "/admin/websocket-stats"
 ADMIN_ROLES: Sequence[str] = ("admin", "root")
 #: Send the Python traceback text to clients on handler errors (never in production).
 DEBUG_ERRORS = False
+#: Seconds a presence member outlives its process's last refresh in Redis (refreshed
+#: every third of it): the members of a killed worker vanish within this.
+PRESENCE_TTL = 30.0
+#: Seconds between presence event frames of one namespace: 1,000 joins in a burst are
+#: a few frames per client, not 1,000.
+PRESENCE_BATCH = 0.5
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,8 @@ class Settings:
     admin_url: str = ADMIN_URL
     admin_roles: Tuple[str, ...] = tuple(ADMIN_ROLES)
     debug_errors: bool = DEBUG_ERRORS
+    presence_ttl: float = PRESENCE_TTL
+    presence_batch: float = PRESENCE_BATCH
 
 
 #: ``JPULSE_WS_<NAME>`` -> default, for every field of :class:`Settings`.
@@ -129,7 +137,8 @@ def load(config: Mapping[str, Any]) -> Settings:
         values[f.name] = value
     settings = Settings(**values)
     for name in ("ping_interval", "pong_timeout", "max_message_size", "rate_interval",
-                 "rate_max_messages", "max_frame_size", "max_queue_bytes", "max_namespaces"):
+                 "rate_max_messages", "max_frame_size", "max_queue_bytes", "max_namespaces",
+                 "presence_ttl", "presence_batch"):
         if getattr(settings, name) <= 0:
             raise ValueError(f"JPULSE_WS_{name.upper()} must be positive, "
                              f"got {getattr(settings, name)!r}")

@@ -154,6 +154,34 @@
     return Object.assign({success: false, code: code, error: error}, extra);
   }
 
+  /** `list` if it is an array, else an empty one (for frames from a newer server). */
+  function arrayOf(list) {
+    return Array.isArray(list) ? list : [];
+  }
+
+  function isMember(m) {
+    return Boolean(m) && typeof m === 'object' && typeof m.clientId === 'string';
+  }
+
+  /**
+   * Apply one `_presence` batch to a member map (clientId -> member), in the server's
+   * order: left, then joined, then updated. A client id may briefly have two connections
+   * (it moved to another server process while the old socket lingers): the map keeps the
+   * newest, and a `left` only removes the very connection that left.
+   */
+  function applyPresence(members, batch) {
+    for (const m of arrayOf(batch.left)) {
+      const held = isMember(m) ? members.get(m.clientId) : null;
+      if (held && held.connectedAt === m.connectedAt) members.delete(m.clientId);
+    }
+    for (const m of arrayOf(batch.joined).concat(arrayOf(batch.updated))) {
+      if (!isMember(m)) continue;
+      const held = members.get(m.clientId);
+      if (!held || !(String(held.connectedAt) > String(m.connectedAt))) members.set(m.clientId, m);
+    }
+    return members;
+  }
+
   /** The `type` of a success frame, or undefined. */
   function frameType(frame) {
     const data = frame.success === true ? frame.data : null;
@@ -177,6 +205,7 @@
     const messageCallbacks = [];
     const statusCallbacks = [];
     const resyncCallbacks = [];
+    const presenceCallbacks = [];
     const pending = new Map(); // requestId -> {resolve, timer}
     const expired = new Set(); // requestIds we stopped waiting for
     const timers = {reconnect: null, handshake: null, ping: null, pong: null};
@@ -192,6 +221,11 @@
     // Missed-message recovery (later): remember the (epoch, offset) of the last frame
     // delivered here, and buildUrl() asks the server to replay from it.
     let resumePosition = null;
+    // Presence (namespaces declared with presence=True, announced in the welcome): the
+    // member map, loaded after each welcome and kept in step by `_presence` batches.
+    let members = new Map(); // clientId -> {clientId, username, connectedAt, info}
+    let presenceLoad = null; // {buffer} while the member list is being fetched
+    let presenceOn = false; // the last welcome said this namespace has presence
 
     const handle = {
       path: path,
@@ -202,6 +236,9 @@
       onMessage: (cb) => addCallback(messageCallbacks, cb),
       onStatusChange: (cb) => addCallback(statusCallbacks, cb),
       onResync: (cb) => addCallback(resyncCallbacks, cb),
+      onPresence: (cb) => addCallback(presenceCallbacks, cb),
+      presence: presence,
+      getPresence: getPresence,
       getStatus: () => status,
       isConnected: () => status === 'connected',
       getClientId: () => clientId,
@@ -371,6 +408,45 @@
       startHeartbeat();
       setStatus('connected');
       if (resync) callEach(resyncCallbacks, [{reason: resync}]);
+      presenceOn = info.presence === true;
+      if (presenceOn && ws && status === 'connected') loadPresence();
+    }
+
+    // ---- presence ----
+
+    /** Ask the server who is here: resolves to the reply ({success, data: {members, stats}}). */
+    function presence(requestOptions) {
+      return request({type: '_presence'}, requestOptions);
+    }
+
+    function getPresence() {
+      return Array.from(members.values());
+    }
+
+    /** Fetch the member list; batches that arrive meanwhile are applied after it. */
+    function loadPresence() {
+      const load = {buffer: []};
+      presenceLoad = load;
+      presence().then((reply) => {
+        if (presenceLoad !== load) return; // a newer load (reconnect, resync) took over
+        presenceLoad = null;
+        if (reply && reply.success === true && reply.data && typeof reply.data === 'object') {
+          members = new Map();
+          applyPresence(members, {joined: reply.data.members});
+          load.buffer.forEach((batch) => applyPresence(members, batch));
+          callEach(presenceCallbacks, [{joined: [], left: [], updated: [], members: getPresence(), snapshot: true}]);
+        } else {
+          load.buffer.forEach(handlePresence); // no list (lost or timed out): keep the events
+        }
+      });
+    }
+
+    function handlePresence(batch) {
+      if (!batch || typeof batch !== 'object') return;
+      if (presenceLoad) return presenceLoad.buffer.push(batch);
+      applyPresence(members, batch);
+      const event = {joined: arrayOf(batch.joined), left: arrayOf(batch.left), updated: arrayOf(batch.updated), members: getPresence()};
+      callEach(presenceCallbacks, [event]);
     }
 
     // ---- heartbeat: detects a dead or frozen server the TCP stack would not notice ----
@@ -414,7 +490,11 @@
       const type = frameType(frame);
       if (type === 'connected' && !welcomedThisSocket) return handleWelcome(frame.data.data || {});
       if (type === '_pong') return handlePong();
-      if (type === '_resync') return callEach(resyncCallbacks, [{reason: (frame.data.data || {}).reason}]);
+      if (type === '_resync') {
+        if (presenceOn) loadPresence(); // presence events may have been missed too
+        return callEach(resyncCallbacks, [{reason: (frame.data.data || {}).reason}]);
+      }
+      if (type === '_presence') return handlePresence(frame.data.data);
       // The '_' prefix belongs to the framework (_recovered, _presence, later ones): a newer
       // server's frames must not surprise an app written for this client.
       if (typeof type === 'string' && type.charAt(0) === '_') return;
