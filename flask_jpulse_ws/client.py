@@ -179,6 +179,10 @@ class WSClient:
         self._welcomed_this_socket = False
         self._resync_reason: Optional[str] = None
         self._connected_event = concurrency.Event()
+        # Missed-message recovery: the (epoch, offset) of the last frame delivered here.
+        self._resume: Optional[Tuple[str, int]] = None
+        self._welcome_position: Optional[Tuple[str, int]] = None
+        self._sent_since = False
 
     # ------------------------------------------------------------------ callbacks
     def on_message(self, callback: MessageCallback) -> MessageCallback:
@@ -344,8 +348,12 @@ class WSClient:
     def _socket_url(self) -> Tuple[str, int, str, bool]:
         p = self._parts
         secure = p.scheme == "wss"
-        query = [(k, v) for k, v in parse_qsl(p.query, keep_blank_values=True) if k != "uuid"]
+        query = [(k, v) for k, v in parse_qsl(p.query, keep_blank_values=True)
+                 if k not in ("uuid", "since")]
         query.append(("uuid", self._client_id))
+        self._sent_since = self._resume is not None
+        if self._resume is not None:  # ask for a replay of what was missed
+            query.append(("since", f"{self._resume[0]}:{self._resume[1]}"))
         target = (p.path or "/") + "?" + urlencode(query)
         return p.hostname or "127.0.0.1", p.port or (443 if secure else 80), target, secure
 
@@ -512,7 +520,15 @@ class WSClient:
         self._limits = limits if isinstance(limits, dict) else None
         self._attempts = 0
         self._welcomed_this_socket = True
-        resync = self._resync_reason or ("reconnect" if self._welcomed_before else None)
+        epoch, offset = info.get("epoch"), info.get("offset")
+        self._welcome_position = (epoch, offset) if isinstance(epoch, str) and \
+            isinstance(offset, int) else None
+        replaying = self._sent_since and self._welcome_position is not None
+        if not replaying:
+            self._resume = self._welcome_position
+        # With history a replay was asked for: _recovered says whether to resync.
+        resync = None if replaying else \
+            self._resync_reason or ("reconnect" if self._welcomed_before else None)
         self._resync_reason = None
         self._welcomed_before = True
         self._set_status(CONNECTED, generation)
@@ -592,8 +608,19 @@ class WSClient:
             reason = (frame["data"].get("data") or {}).get("reason")
             self._call_each(self._resync_callbacks, {"reason": reason})
             return
+        if ftype == "_recovered":
+            if (frame["data"].get("data") or {}).get("recovered") is not True:
+                self._resume = self._welcome_position  # start from the current position
+                self._call_each(self._resync_callbacks, {"reason": "recovery-failed"})
+            return
         if isinstance(ftype, str) and ftype.startswith("_"):
-            return  # the framework's (_recovered, _presence...): not for the app
+            return  # the framework's (_presence...): not for the app
+        offset, epoch = frame.get("offset"), frame.get("epoch")
+        if isinstance(offset, int) and isinstance(epoch, str):
+            last = self._resume
+            if last is not None and last[0] == epoch and offset <= last[1]:
+                return  # a replay already delivered it
+            self._resume = (epoch, offset)
         self._call_each(self._message_callbacks, frame)
 
     # ------------------------------------------------------------------ outbound

@@ -218,9 +218,11 @@
     let welcomedBefore = false; // has this handle ever been connected?
     let welcomedThisSocket = false;
     let resyncReason = null; // why the next welcome should fire onResync, if not 'reconnect'
-    // Missed-message recovery (later): remember the (epoch, offset) of the last frame
-    // delivered here, and buildUrl() asks the server to replay from it.
+    // Missed-message recovery (namespaces with history): the (epoch, offset) of the last
+    // frame delivered here; buildUrl() asks the server to replay from it.
     let resumePosition = null;
+    let sentSince = false; // this socket asked for a replay: onResync waits for _recovered
+    let welcomePosition = null;
     // Presence (namespaces declared with presence=True, announced in the welcome): the
     // member map, loaded after each welcome and kept in step by `_presence` batches.
     let members = new Map(); // clientId -> {clientId, username, connectedAt, info}
@@ -302,7 +304,8 @@
       const loc = env.location;
       const scheme = loc.protocol === 'https:' ? 'wss://' : 'ws://';
       let query = 'uuid=' + encodeURIComponent(clientId);
-      if (resumePosition) {
+      sentSince = Boolean(resumePosition);
+      if (sentSince) {
         query += '&since=' + encodeURIComponent(resumePosition.epoch + ':' + resumePosition.offset);
       }
       return scheme + loc.host + path + (path.indexOf('?') === -1 ? '?' : '&') + query;
@@ -402,7 +405,12 @@
       attempts = 0;
       welcomedThisSocket = true;
       // Fire onResync only once we receive again: state fetched earlier could miss updates.
-      const resync = resyncReason || (welcomedBefore ? 'reconnect' : null);
+      // With history, a replay was asked for: _recovered says whether a resync is needed.
+      welcomePosition = typeof info.epoch === 'string' && typeof info.offset === 'number'
+        ? {epoch: info.epoch, offset: info.offset} : null;
+      const replaying = sentSince && welcomePosition !== null;
+      if (!replaying) resumePosition = welcomePosition;
+      const resync = replaying ? null : resyncReason || (welcomedBefore ? 'reconnect' : null);
       resyncReason = null;
       welcomedBefore = true;
       startHeartbeat();
@@ -410,6 +418,22 @@
       if (resync) callEach(resyncCallbacks, [{reason: resync}]);
       presenceOn = info.presence === true;
       if (presenceOn && ws && status === 'connected') loadPresence();
+    }
+
+    // ---- missed-message recovery ----
+
+    /** True for a frame past the last position seen here (and remember it). */
+    function isNew(frame) {
+      const last = resumePosition;
+      if (last && last.epoch === frame.epoch && frame.offset <= last.offset) return false;
+      resumePosition = {epoch: frame.epoch, offset: frame.offset};
+      return true;
+    }
+
+    function handleRecovered(result) {
+      if (result.recovered === true) return; // every missed frame came: nothing to refetch
+      resumePosition = welcomePosition; // start again from the stream's current position
+      callEach(resyncCallbacks, [{reason: 'recovery-failed'}]);
     }
 
     // ---- presence ----
@@ -495,6 +519,10 @@
         return callEach(resyncCallbacks, [{reason: (frame.data.data || {}).reason}]);
       }
       if (type === '_presence') return handlePresence(frame.data.data);
+      if (type === '_recovered') return handleRecovered(frame.data.data || {});
+      if (typeof frame.offset === 'number' && typeof frame.epoch === 'string' && !isNew(frame)) {
+        return; // a replay already delivered it
+      }
       // The '_' prefix belongs to the framework (_recovered, _presence, later ones): a newer
       // server's frames must not surprise an app written for this client.
       if (typeof type === 'string' && type.charAt(0) === '_') return;

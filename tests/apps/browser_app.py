@@ -96,6 +96,7 @@ def create_app():
 
     rooms = ws.namespace("/api/1/ws/room/:name", on_create=on_create)
     secure = ws.namespace("/api/1/ws/secure/:name", require_auth=True)
+    ws.namespace("/api/1/ws/hist/:name", history_size=200)
 
     def answer(conn, ns):
         msg = conn.message
@@ -141,6 +142,14 @@ def create_app():
             return jsonify(None), 404
         return jsonify(ns.request(body["clientId"], {"type": "question", "data": {}},
                                   timeout=body.get("timeout", 2)))
+
+    @app.post("/_test/burst")
+    def burst():
+        body = request.get_json()
+        for seq in range(body["count"]):
+            ws.broadcast(body["path"], {"type": "tick", "data": {"seq": body.get("start", 0)
+                                                                  + seq}})
+        return jsonify(sent=body["count"])
 
     @app.get("/_test/upgrades")
     def upgrades():

@@ -192,3 +192,32 @@ def test_recovery_on_another_worker_and_after_redis_restarts():
     finally:
         srv.stop()
         redis.stop()
+
+
+def test_python_client_recovers_exactly_and_resyncs_only_when_it_cannot(server):
+    from flask_jpulse_ws.client import connect
+    got, resyncs = [], []
+    c = connect(server.ws_url(PATH), reconnect_base_interval=0.1, reconnect_max_interval=0.3,
+                ping_interval=0, on_message=lambda f: got.append(f),
+                on_resync=lambda info: resyncs.append(info["reason"]))
+    try:
+        assert c.wait_connected(5)
+        broadcast(server, 3)
+        wait_for(lambda: len(got) == 3, message="3 frames")
+        client_id = c.get_client_id()
+        cut_server_side(server, PATH, client_id)
+        broadcast(server, 40)  # while it reconnects
+        wait_for(lambda: len(got) >= 43, message="43 frames after recovery")
+        seqs = [f["data"]["data"]["seq"] for f in got]
+        assert seqs == [0, 1, 2] + list(range(40))
+        offsets = [f["offset"] for f in got]
+        assert offsets == list(range(offsets[0], offsets[0] + 43))  # none twice, no gap
+        assert resyncs == []  # recovered: nothing to refetch
+        # Away for longer than the history keeps: one resync, no partial replay.
+        c.disconnect()
+        broadcast(server, 150)
+        c.reconnect()
+        wait_for(lambda: "recovery-failed" in resyncs, message="recovery-failed resync")
+        assert len(got) == 43
+    finally:
+        c.disconnect()
