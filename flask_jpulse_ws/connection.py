@@ -41,6 +41,10 @@ _RECV_BYTES = 65536
 _HOLD_MAX = 10000
 #: Bytes of JSON an app may attach to a presence member.
 _PRESENCE_INFO_MAX = 1024
+#: Seconds the handler task waits for the next message before it ends.
+_HANDLER_LINGER = 2.0
+#: States of the handler task.
+_NO_HANDLER, _RUNNING, _LINGERING = object(), object(), object()
 #: Messages waiting for a busy handler before the reader stops reading.
 _INBOX_MAX = 64
 
@@ -96,7 +100,8 @@ class Connection:
         self._decoder = frames.FrameDecoder(settings.max_frame_size)
         self._on_message: Callable[[Connection, bytes], None] = _ignore
         self._inbox: Deque[Any] = deque()
-        self._handling = False
+        self._handler: object = _NO_HANDLER
+        self._wake = concurrency.Event()
         self._idle = concurrency.Event()
         self._idle.set()
         self._inbox_space = concurrency.Event()
@@ -382,6 +387,7 @@ class Connection:
             if self._cut_timer is not None:
                 self._cut_timer.cancel()
             self._fail_pending()
+            self._wake.set()  # a lingering handler task ends now
 
     def _process(self, data: bytes) -> bool:
         """Decode received bytes and act on them; False once the connection is over."""
@@ -411,17 +417,21 @@ class Connection:
                 run: Callable[[Connection, Dict[str, Any], Optional[str]], None]) -> None:
         """Queue an accepted message for the app handler; messages run in order.
 
-        The handler task exists only while messages wait (no idle greenlet per
-        socket). A full inbox makes the reader wait, which pushes back on the
-        client through TCP instead of growing memory.
+        The handler task exists only while messages flow: it lingers a moment
+        after the inbox empties (waking it is half the cost of a new greenlet),
+        then ends, so idle sockets hold no greenlet for it. A full inbox makes
+        the reader wait, which pushes back on the client through TCP instead of
+        growing memory.
         """
         with self._lock:
             self._inbox.append((message, request_id))
-            start = not self._handling
-            self._handling = True
-        if start:
+            handler, self._handler = self._handler, _RUNNING
+        if handler is _NO_HANDLER:
             self._idle.clear()
             concurrency.spawn(self._handle_inbox, run)
+        elif handler is _LINGERING:
+            self._idle.clear()
+            self._wake.set()
         if len(self._inbox) >= _INBOX_MAX:
             self._inbox_space.clear()
             if len(self._inbox) >= _INBOX_MAX:
@@ -431,14 +441,26 @@ class Connection:
                       ) -> None:
         while True:
             with self._lock:
-                if not self._inbox:
-                    self._handling = False
-                    break
-                message, request_id = self._inbox.popleft()
+                if self._inbox:
+                    message, request_id = self._inbox.popleft()
+                else:
+                    message = None
+                    self._handler = _LINGERING if self.open else _NO_HANDLER
+                    self._wake.clear()
+            if message is not None:
+                self._inbox_space.set()
+                run(self, message, request_id)
+                continue
             self._inbox_space.set()
-            run(self, message, request_id)
-        self._inbox_space.set()
-        self._idle.set()
+            self._idle.set()
+            if self.open:
+                self._wake.wait(_HANDLER_LINGER)
+            with self._lock:
+                if self._inbox:
+                    self._handler = _RUNNING
+                    continue
+                self._handler = _NO_HANDLER
+                return
 
     def wait_handlers(self, timeout: float) -> bool:
         """Wait until queued messages have been handled (before ``on_disconnect``)."""
