@@ -145,31 +145,35 @@ class GunicornServer:
         return [int(p) for p in out.split()]
 
     def stop(self) -> None:
+        """SIGTERM (a graceful stop), then SIGKILL if it is still there after 5 s."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(5)
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(5)
-        self._log.close()
-        self.proc = None
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+        self._reap()
 
     def kill(self) -> None:
         """SIGKILL the whole process group (master and workers)."""
         if self.proc is not None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
-            self._log.close()
-            self.proc = None
+            self._signal_group(signal.SIGKILL)
+            self._reap()
+
+    def _signal_group(self, sig: int) -> None:
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _reap(self) -> None:
+        assert self.proc is not None
+        self.proc.wait(5)
+        self._log.close()
+        self.proc = None
 
     def __enter__(self) -> GunicornServer:
         return self.start()
