@@ -8,7 +8,7 @@ Environment (all optional):
 - ``SECRET_KEY``: the Flask secret; without it a development key is generated once and
   kept in ``instance/dev-secret-key`` so that every worker of this host shares it.
 - ``REDIS_URL``: becomes ``JPULSE_WS_REDIS_URL`` (the relay across workers); sticky
-  notes and room counts are then kept in Redis too.
+  notes and the rooms' presence are then kept in Redis too.
 - ``EXAMPLE_DB_URL``: the SQLAlchemy URL (default: ``instance/example.sqlite3``).
 - ``JPULSE_WS_*`` and ``HELLO_*``: any setting, as a JSON value or a plain string.
 """
@@ -37,7 +37,9 @@ log = logging.getLogger("example_app")
 #: Demo defaults; each may be overridden by an environment variable of the same name.
 DEFAULTS = {
     "HELLO_NOTES_MAX": 200,  # sticky notes on the board at most
-    "HELLO_ROOMS_HEARTBEAT": 5.0,  # seconds between room-count refreshes in Redis
+    # The rooms list who is here: a killed worker's members should vanish within seconds,
+    # not the default half minute. Costs one Redis pipeline per worker every 5 s.
+    "JPULSE_WS_PRESENCE_TTL": 15.0,
     "HELLO_REDIS_PREFIX": "hello-websocket",  # Redis keys of the demos start with this
     # Public access, when switched on (JPULSE_WS_PUBLIC_ACCESS=true), lets anyone watch
     # the demo namespaces on the dashboard; it is off by default.

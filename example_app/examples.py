@@ -21,7 +21,7 @@ DEMOS = [
     ("todo", "Todo, pattern A (REST + WebSocket)", todo, "Validate, store, answer, broadcast."),
     ("notes", "Sticky notes, pattern B (WebSocket CRUD)", notes,
      "Validate, store per note, broadcast, reply."),
-    ("rooms", "Dynamic rooms", rooms, "on_create, chat, a derived user count."),
+    ("rooms", "Dynamic rooms", rooms, "on_create, chat, presence: who is here."),
     ("request", "Request / response", request_demo, "conn.reply() and conn.request()."),
 ]
 

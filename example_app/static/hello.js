@@ -359,13 +359,15 @@
 
   // <example:rooms>
   // Dynamic rooms: one namespace per room; unknown rooms are refused (close 4404).
+  // Who is here comes from presence: the handle keeps the member list in step.
   let roomWs = null;
 
   function joinRoom(name) {
     if (roomWs) roomWs.disconnect();
+    roomWs = null;
     $('#room-chat').replaceChildren();
     $('#room-current').textContent = name;
-    $('#room-count').textContent = '-';
+    showMembers([], null);
     const ws = jPulse.ws.connect('/api/1/ws/hello-rooms/' + encodeURIComponent(name));
     roomWs = ws;
     window.hello.room = ws;
@@ -375,6 +377,17 @@
       $('#rooms-status').dataset.status = status;
       if (status === 'disconnected') showError('rooms-error', 'The room "' + name + '" does not exist (or you left it).');
     });
+    ws.onPresence(({joined, left, members, snapshot}) => {
+      if (ws !== roomWs) return;
+      if (!snapshot) { // a batch: say who came and went, not a reconnect or another tab
+        const others = (m) => members.filter((x) => x.clientId !== m.clientId && x.username && x.username === m.username);
+        joined.filter((m) => m.clientId !== ws.getClientId() && !left.some((l) => l.clientId === m.clientId) && !others(m).length)
+          .forEach((m) => addChatLine(who(m) + ' joined', 'muted'));
+        left.filter((m) => !members.some((x) => x.clientId === m.clientId) && !others(m).length)
+          .forEach((m) => addChatLine(who(m) + ' left', 'muted'));
+      }
+      showMembers(members, ws.getClientId());
+    });
     ws.onMessage((frame) => {
       if (!frame.success) return showError('rooms-error', frame.error);
       const msg = frame.data;
@@ -382,12 +395,38 @@
       if (msg.type === 'welcome') {
         showError('rooms-error', '');
         $('#room-worker').textContent = 'served by process ' + d.pid;
-      } else if (msg.type === 'room-stats' || msg.type === 'user-left') {
-        $('#room-count').textContent = d.userCount;
-        if (msg.type === 'user-left') addChatLine(d.username + ' left', 'muted');
       } else if (msg.type === 'chat') {
         addChatLine(time(d.timestamp) + '  ' + d.username + ': ' + d.text);
       }
+    });
+  }
+
+  function who(member) {
+    return member.username || 'guest';
+  }
+
+  /** "N people here" and one line per person (a user's tabs together), as text. */
+  function showMembers(members, myId) {
+    const people = new Map(); // username, or the client id of a guest -> their tabs
+    members.forEach((m) => {
+      const key = m.username ? 'user:' + m.username : 'guest:' + m.clientId;
+      if (!people.has(key)) people.set(key, []);
+      people.get(key).push(m);
+    });
+    const n = people.size;
+    $('#room-count').textContent = roomWs ? (n === 1 ? '1 person here' : n + ' people here') : '-';
+    $('#room-count').dataset.count = String(n);
+    const list = $('#room-members');
+    list.replaceChildren();
+    people.forEach((tabs) => {
+      const mine = tabs.some((m) => m.clientId === myId);
+      const item = el('li', who(tabs[0]) + (mine ? ' (you)' : ''));
+      const info = tabs[0].info || {};
+      const details = [info.name !== who(tabs[0]) ? info.name : null, tabs.length > 1 ? tabs.length + ' tabs' : null,
+        info.pid ? 'process ' + info.pid : null].filter(Boolean);
+      if (details.length) item.append(el('span', ' · ' + details.join(' · '), 'muted'));
+      if (mine) item.classList.add('me');
+      list.append(item);
     });
   }
 
@@ -419,7 +458,7 @@
     ws.disconnect();
     $('#rooms-status').textContent = 'not joined';
     $('#room-current').textContent = '-';
-    $('#room-count').textContent = '-';
+    showMembers([], null);
   });
 
   // <example:request>

@@ -14,6 +14,10 @@ viewer, ended with the last) pushes ``stats-update`` to every viewer every
 ``interval`` seconds. With public access on and ``jpulse-ws-status`` whitelisted,
 anyone may watch, and the stats are cut down to the whitelisted namespaces.
 The page renders every value as text.
+
+Cards of namespaces declared with ``presence=True`` also carry ``presence``: clients
+and unique users on every process, read from the presence tracker (``partial`` when
+Redis could not be read and only this process's members were counted).
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ from flask import Blueprint, Flask, abort, current_app, redirect, render_templat
 
 from .. import concurrency, envelope
 from ..paths import is_whitelisted
+from ..presence import summarize
 from ..stats import iso
 
-__all__ = ["JPulseWSAdmin", "init_admin", "STATUS_PATH", "stats_payload"]
+__all__ = ["JPulseWSAdmin", "init_admin", "STATUS_PATH", "stats_payload", "presence_counts"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
@@ -41,6 +46,9 @@ SPARK_SECONDS = 60
 #: Activity entries sent per update at most (newest first), and characters of each.
 LOG_ENTRIES = 300
 LOG_CHARS = 160
+#: Presence namespaces counted per update at most: each costs a Redis round trip or two;
+#: the cards beyond show this process's counts only.
+PRESENCE_CARDS = 100
 
 
 def _cut(text: str, limit: int = LOG_CHARS) -> str:
@@ -51,22 +59,54 @@ def _cut(text: str, limit: int = LOG_CHARS) -> str:
     return text[:keep] + " ... " + text[-keep:]
 
 
+def presence_counts(state: Any, paths: Any) -> Dict[str, Dict[str, Any]]:
+    """``{path: {"clients", "users", "partial"}}`` for the live presence namespaces among
+    ``paths``, on every process (at most :data:`PRESENCE_CARDS` of them).
+
+    A failed read is left out (the card falls back to this process's counts); with Redis
+    away the tracker answers with this process's members and ``partial`` is true.
+    """
+    live = state.registry.live
+    out: Dict[str, Dict[str, Any]] = {}
+    for path in paths:
+        ns = live.get(path)
+        if ns is None or not ns.template.has_presence:
+            continue
+        if len(out) >= PRESENCE_CARDS:
+            break
+        try:
+            members, partial = state.presence.snapshot(path)
+        except Exception:  # the dashboard must outlive a broken read
+            log.exception("presence of %s for the dashboard failed", path)
+            continue
+        out[path] = dict(summarize(members), partial=bool(partial))
+    return out
+
+
 def stats_payload(state: Any, public: bool, cluster: bool = True,
-                  now: Optional[float] = None) -> Dict[str, Any]:
-    """What one ``stats-update`` carries; whitelisted namespaces only when ``public``."""
+                  now: Optional[float] = None,
+                  presence: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """What one ``stats-update`` carries; whitelisted namespaces only when ``public``.
+
+    :param presence: counts from :func:`presence_counts`, when the caller already has
+        them (one lookup per push, whatever the kinds of viewer); read here otherwise.
+    """
     now = time.time() if now is None else now
     s = state.settings
     stats = state.get_stats(cluster=cluster)
     allowed = (lambda p: is_whitelisted(p, s.public_whitelist)) if public else (lambda p: True)
     live = state.registry.live
+    shown = [ns for ns in stats.get("namespaces", []) if allowed(ns.get("path", ""))]
+    if presence is None:
+        presence = presence_counts(state, [ns["path"] for ns in shown])
     namespaces = []
-    for ns in stats.get("namespaces", []):
-        if not allowed(ns.get("path", "")):
-            continue
+    for ns in shown:
         live_ns = live.get(ns["path"])
         ns = dict(ns)
         ns["sparkline"] = live_ns.stats.rate.per_second(now, SPARK_SECONDS) \
             if live_ns is not None else [0] * SPARK_SECONDS
+        if ns["path"] in presence:
+            ns["presence"] = dict(presence[ns["path"]])
         namespaces.append(ns)
     log_entries: List[Dict[str, Any]] = []
     for entry in reversed(stats.get("activityLog", [])):
@@ -99,6 +139,8 @@ def stats_payload(state: Any, public: bool, cluster: bool = True,
         out["totalNamespaces"] = len(namespaces)
     else:
         out["totalNamespaces"] = stats.get("totalNamespaces")
+        if presence:  # every namespace's members: not for a public (whitelisted) view
+            out["presence"] = state.presence.status()
     return out
 
 
@@ -162,11 +204,14 @@ def push(state: Any, ns: Any, viewers: Any, interval: float) -> int:
     """Send one ``stats-update`` to each viewer; payloads built once per kind."""
     now = time.time()
     frames: Dict[bool, bytes] = {}
+    presence: Optional[Dict[str, Dict[str, Any]]] = None
     sent = 0
     for conn in viewers:
         public = bool(conn.ctx.is_public)
         if public not in frames:
-            data = stats_payload(state, public, now=now)
+            if presence is None:  # read once: the public view is a subset of the paths
+                presence = presence_counts(state, tuple(state.registry.live))
+            data = stats_payload(state, public, now=now, presence=presence)
             data["interval"] = interval
             frames[public] = envelope.encode_success({"type": "stats-update", "data": data},
                                                      envelope.wire_ctx(None, ()))

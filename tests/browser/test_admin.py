@@ -57,7 +57,8 @@ def test_dashboard_lists_the_demo_namespaces_with_live_counts(browser, admin_ser
     assert card_clients(dash, "/api/1/ws/jpulse-ws-status").text_content() == "1"
     guest = pages(open_demo(browser, admin_server.base, "rooms"))
     guest.click("button[data-room=amsterdam]")
-    guest.wait_for_function("() => document.querySelector('#room-count').textContent === '1'")
+    guest.wait_for_function("() => document.querySelector('#room-count').textContent "
+                            "=== '1 person here'")
     for path in ("hello-todo", "hello-notes", "hello-rooms/amsterdam"):
         dash.wait_for_function("p => { const c = document.querySelector("
                                "`.jw-card[data-path='${p}'] .jw-clients`); "
@@ -78,6 +79,37 @@ def test_dashboard_lists_the_demo_namespaces_with_live_counts(browser, admin_ser
     guest.context.close()
     dash.wait_for_function("() => document.querySelector(\".jw-card[data-path="
                            "'/api/1/ws/hello-todo'] .jw-clients\").textContent === '0'")
+
+
+def test_a_presence_namespace_card_shows_clients_and_users_from_presence(
+        browser, admin_server, pages):
+    """Two tabs of alice and a guest in berlin: 3 clients, 2 users, labelled presence;
+    a namespace without presence keeps its own counts."""
+    dash = pages(open_dashboard(browser, admin_server.base))
+    alice = pages(open_demo(browser, admin_server.base, "rooms", "alice"))
+    second = pages(alice.context.new_page())  # same login, another tab
+    second.goto(admin_server.base + "/hello-websocket/#rooms")
+    guest = pages(open_demo(browser, admin_server.base, "rooms"))
+    for page in (alice, second, guest):
+        page.click("button[data-room=berlin]")
+    alice.wait_for_function("() => document.querySelector('#room-count').textContent "
+                            "=== '2 people here'")
+    card = dash.locator(".jw-card[data-path='/api/1/ws/hello-rooms/berlin']")
+    dash.wait_for_function("() => { const c = document.querySelector(\".jw-card[data-path="
+                           "'/api/1/ws/hello-rooms/berlin'] .jw-users\"); "
+                           "return c && c.textContent === '2'; }")
+    assert card.locator(".jw-clients").text_content() == "3"
+    labels = card.locator("dt").all_text_contents()
+    assert labels[:3] == ["Clients (presence)", "Users (presence)", "Clients here"]
+    assert card.locator(".jw-badge").text_content() == "presence"
+    todo = dash.locator(".jw-card[data-path='/api/1/ws/hello-todo']")
+    assert todo.locator("dt").all_text_contents()[:2] == ["Clients", "Active users"]
+    assert todo.locator(".jw-badge").count() == 0
+    assert "Presence on this process: " in dash.locator("#jw-presence").text_content()
+    guest.context.close()
+    dash.wait_for_function("() => document.querySelector(\".jw-card[data-path="
+                           "'/api/1/ws/hello-rooms/berlin'] .jw-clients\").textContent === '2'")
+    assert card.locator(".jw-users").text_content() == "1"
 
 
 def test_html_in_messages_is_shown_as_text_in_the_demo_and_the_dashboard(

@@ -147,14 +147,24 @@ def test_notes_created_edited_and_moved_show_for_the_other(pair):
     mine.wait_for(state="detached")
 
 
-def test_room_chat_and_counts_sync_and_unknown_rooms_are_refused(pair):
-    """Both in berlin: count 2, chat both ways, count 1 when one leaves; paris: refused."""
+def members(page):
+    return page.locator("#room-members li").all_text_contents()
+
+
+def test_room_members_and_chat_sync_and_unknown_rooms_are_refused(pair):
+    """Both in berlin: each lists the other (and marks itself), chat both ways; when
+    one leaves, the other's list and count drop; paris: refused."""
     alice, guest = pair("rooms")
     alice.click("button[data-room=berlin]")
     guest.click("button[data-room=berlin]")
     for page in (alice, guest):
         page.wait_for_function("() => document.querySelector('#room-count')"
-                               ".textContent === '2'")
+                               ".textContent === '2 people here'")
+    alice.wait_for_function("() => document.querySelectorAll('#room-members li').length === 2")
+    guest.wait_for_function("() => document.querySelectorAll('#room-members li').length === 2")
+    assert sorted(m.split(" · ")[0] for m in members(alice)) == ["alice (you)", "guest"]
+    assert sorted(m.split(" · ")[0] for m in members(guest)) == ["alice", "guest (you)"]
+    assert any("Alice Anders" in m for m in members(guest))
     alice.fill("#chat-text", "Hallo Berlin!")
     alice.press("#chat-text", "Enter")
     guest.locator("#room-chat li", has_text="alice: Hallo Berlin!").wait_for()
@@ -163,13 +173,16 @@ def test_room_chat_and_counts_sync_and_unknown_rooms_are_refused(pair):
     alice.locator("#room-chat li", has_text="guest: Hi alice").wait_for()
     shot(alice, "demo-rooms")
     guest.click("#room-leave")
-    alice.wait_for_function("() => document.querySelector('#room-count').textContent === '1'")
+    alice.wait_for_function("() => document.querySelector('#room-count').textContent "
+                            "=== '1 person here'")
     alice.locator("#room-chat li", has_text="guest left").wait_for()
+    assert [m.split(" · ")[0] for m in members(alice)] == ["alice (you)"]
     guest.fill("#room-name", "paris")
     guest.click("#room-other button")
     guest.wait_for_function("() => document.querySelector('#rooms-status').textContent "
                             "=== 'disconnected'")
     assert "does not exist" in guest.locator("#rooms-error").text_content()
+    assert guest.locator("#room-members li").count() == 0
 
 
 def test_request_response_both_ways_and_between_users(pair):

@@ -1,15 +1,18 @@
 """The example app (``example_app:create_app()``) under gevent gunicorn, without a browser.
 
 REST validation of the todo demo, persistence across restarts, the sticky-notes
-limits and concurrent edits (database and Redis stores), the room rules and counts,
-and who may read the admin dashboard's data.
+limits and concurrent edits (database and Redis stores), the room rules and who is in
+a room (presence, across workers), and who may read the admin dashboard's data.
 """
 
+import os
+import signal
 import threading
+import time
 import uuid
 
 import pytest
-from servers import ROOT, GunicornServer, wait_for
+from servers import ROOT, GunicornServer, RedisServer, wait_for
 
 from flask_jpulse_ws.testing import HTTPSession, WSTestClient
 
@@ -214,8 +217,34 @@ def test_rooms_accept_only_the_three_demo_rooms(server):
         c = WSTestClient(server.ws_url(f"/api/1/ws/hello-rooms/{name}"))
         assert c.wait_closed(5) == 4404, name
         c.close()
-    with client(server, "/api/1/ws/hello-rooms/berlin") as c:
-        assert c.receive(type="room-stats")["data"]["data"]["userCount"] >= 1
+    c = WSTestClient(server.ws_url("/api/1/ws/hello-rooms/berlin"))
+    with c:
+        assert c.receive(type="connected")["data"]["data"]["presence"] is True
+        info = c.request({"type": "room-info"}, timeout=5)["data"]
+        assert info["roomName"] == "berlin" and info["clients"] >= 1 and info["users"] >= 1
+
+
+def test_room_members_come_from_presence_with_their_display_names(server):
+    """alice (logged in) and a guest in amsterdam: both listed, with the info the page
+    shows; the guest leaving is a ``left`` batch for alice."""
+    path = "/api/1/ws/hello-rooms/amsterdam"
+    with client(server, path, login(server, "alice")) as a:
+        guest = WSTestClient(server.ws_url(path))
+        guest_id = guest.receive(type="connected")["data"]["data"]["clientId"]
+        a.receive(match=lambda m: _type(m) == "_presence" and any(  # the guest's join
+            x["clientId"] == guest_id for x in m["data"]["data"]["joined"]), timeout=5)
+        reply = a.request({"type": "_presence"}, timeout=5)["data"]
+        assert {m["clientId"] for m in reply["members"]} >= {guest_id}
+        assert reply["stats"] == {"clients": 2, "users": 2}
+        by_name = {m["username"] or "(anonymous)": m for m in reply["members"]}
+        assert by_name["alice"]["info"]["name"] == "Alice Anders"
+        assert by_name["(anonymous)"]["info"]["name"] == "guest"
+        assert isinstance(by_name["(anonymous)"]["info"]["pid"], int)
+        guest.close()
+        left = a.receive(match=lambda m: _type(m) == "_presence" and any(
+            x["clientId"] == guest_id for x in m["data"]["data"]["left"]), timeout=5)
+        assert left["data"]["data"]["joined"] == []
+        assert a.request({"type": "room-info"}, timeout=5)["data"]["users"] == 1
 
 
 def test_room_chat_is_checked_and_broadcast(server):
@@ -229,43 +258,91 @@ def test_room_chat_is_checked_and_broadcast(server):
         assert a.request({"type": "chat", "data": {"text": "   "}})["code"] == 400
 
 
-def _count(c, expected, timeout=10):
-    """Read room-stats / user-left until the room's count is ``expected``."""
-    def seen():
-        m = c.receive(timeout=timeout)
-        d = m.get("data") or {}
-        return d.get("type") in ("room-stats", "user-left") and \
-            d["data"]["userCount"] == expected
-    return wait_for(seen, timeout=timeout, message=f"userCount {expected}")
+def _type(frame):
+    data = frame.get("data")
+    return data.get("type") if isinstance(data, dict) else None
+
+
+#: Shortened presence TTL for the cluster test: a killed worker's members go within it.
+ROOM_TTL = 2.0
 
 
 @pytest.mark.cluster
-def test_room_count_is_right_across_workers_and_after_a_worker_dies(redis_server, tmp_path):
-    """Three workers share the count through expiring Redis keys; a killed worker's
-    clients leave the total within a few heartbeats."""
-    import os
-    import signal
-
+def test_room_members_are_right_across_workers_and_after_a_worker_dies(redis_server,
+                                                                       tmp_path):
+    """Three workers, two clients on each: every worker lists all six members; a
+    SIGKILLed worker's members leave every list within the presence TTL, as ``left``."""
     srv = example_server(tmp_path / "db.sqlite3", workers=3, REDIS_URL=redis_server.url,
-                         HELLO_ROOMS_HEARTBEAT="0.3",
+                         JPULSE_WS_PRESENCE_TTL=ROOM_TTL,
                          HELLO_REDIS_PREFIX=f"t-{uuid.uuid4().hex[:8]}").start()
     path = "/api/1/ws/hello-rooms/cairo"
     clients = []
     try:
-        pids = {}
-        for _ in range(40):  # until the clients sit on at least two workers
-            c = client(srv, path)
+        wait_for(lambda: len(srv.worker_pids()) == 3, message="three workers")
+        by_pid = {}  # worker pid -> [(client, client id)]
+
+        def join():
+            c = WSTestClient(srv.ws_url(path))
             clients.append(c)
-            pid = c.request({"type": "room-info"})["data"]["pid"]
-            pids.setdefault(pid, []).append(c)
-            if len(pids) >= 2 and len(clients) >= 4:
-                break
-        assert len(pids) >= 2, "clients never spread over two workers"
-        watcher = next(cs[0] for cs in pids.values())
-        _count(watcher, len(clients))
-        victim = next(p for p, cs in pids.items() if watcher not in cs)
+            cid = c.receive(type="connected")["data"]["data"]["clientId"]
+            pid = c.request({"type": "room-info"}, timeout=5)["data"]["pid"]
+            by_pid.setdefault(pid, []).append((c, cid))
+
+        for n in range(2):  # two clients per worker: the workers that have their n+1th
+            for _ in range(3):  # are paused (SIGSTOP) meanwhile, so another one accepts
+                busy = [pid for pid, held in by_pid.items() if len(held) > n]
+                for pid in busy:
+                    os.kill(pid, signal.SIGSTOP)
+                try:
+                    join()
+                finally:
+                    for pid in busy:
+                        os.kill(pid, signal.SIGCONT)
+        assert sorted(len(held) for held in by_pid.values()) == [2, 2, 2], by_pid
+        everyone = {cid for held in by_pid.values() for _, cid in held}
+
+        def listed(c, expected):
+            reply = c.request({"type": "_presence"}, timeout=5)["data"]
+            ids = {m["clientId"] for m in reply["members"]}
+            return reply if ids == expected and not reply.get("partial") else None
+
+        for pid, held in by_pid.items():  # every worker sees every member
+            first = held[0][0]
+            wait_for(lambda c=first: listed(c, everyone), timeout=5,
+                     message=f"all {len(everyone)} members listed on worker {pid}")
+            info = first.request({"type": "room-info"}, timeout=5)["data"]
+            assert (info["clients"], info["users"]) == (len(everyone), len(everyone))
+
+        watcher = by_pid[next(iter(by_pid))][0][0]
+        victim = next(p for p in by_pid if p != next(iter(by_pid)))
+        gone = {cid for _, cid in by_pid[victim]}
+        left_seen = set()
         os.kill(victim, signal.SIGKILL)
-        _count(watcher, len(clients) - len(pids[victim]))
+        killed_at = time.monotonic()
+
+        def keep_left(frame):  # batches that arrive while a reply is awaited count too
+            if _type(frame) == "_presence":
+                left_seen.update(m["clientId"] for m in frame["data"]["data"]["left"])
+
+        def survivors_only():
+            rid = uuid.uuid4().hex
+            watcher.send({"type": "_presence", "requestId": rid})
+            reply = watcher.receive(match=lambda m: keep_left(m) or m.get("requestId") == rid,
+                                    timeout=5)["data"]
+            return {m["clientId"] for m in reply["members"]} == everyone - gone
+
+        wait_for(survivors_only, timeout=ROOM_TTL + 1.5, interval=0.1,
+                 message="the killed worker's members gone from the list")
+        assert time.monotonic() - killed_at <= ROOM_TTL + 1.5
+
+        def left_announced():
+            if not gone <= left_seen:
+                keep_left(watcher.receive(timeout=1))
+            return gone <= left_seen
+
+        wait_for(left_announced, timeout=ROOM_TTL + 3, message="a left batch for them")
+        info = watcher.request({"type": "room-info"}, timeout=5)["data"]
+        assert info["clients"] == len(everyone - gone)
     finally:
         for c in clients:
             c.close()
@@ -301,6 +378,42 @@ def test_dashboard_data_is_for_admins_only(server):
         assert data["uptime"] > first["uptime"]
         todo = next(ns for ns in data["namespaces"] if ns["path"] == TODO)
         assert len(todo["sparkline"]) == 60
+
+
+def _room_card(c, path):
+    data = c.receive(type="stats-update", timeout=5)["data"]["data"]
+    return next((ns for ns in data["namespaces"] if ns["path"] == path), None)
+
+
+@pytest.mark.cluster
+def test_dashboard_counts_rooms_from_presence_and_says_partial_without_redis(tmp_path):
+    """A room's card carries presence counts (every worker); with Redis gone they are
+    this worker's own members, marked partial, and the dashboard keeps pushing."""
+    redis = RedisServer().start()
+    srv = example_server(tmp_path / "db.sqlite3", REDIS_URL=redis.url,
+                         HELLO_REDIS_PREFIX=f"t-{uuid.uuid4().hex[:8]}").start()
+    room = "/api/1/ws/hello-rooms/berlin"
+    try:
+        with client(srv, STATUS, login(srv, "admin")) as dash, \
+                client(srv, room, login(srv, "alice")), client(srv, room), client(srv, room):
+            def counted():
+                card = _room_card(dash, room)
+                return card if card and card.get("presence", {}).get("clients") == 3 else None
+
+            card = wait_for(counted, timeout=8, message="the room's presence on the card")
+            assert card["presence"] == {"clients": 3, "users": 3, "partial": False}
+            assert "presence" not in _room_card(dash, TODO)
+            redis.kill()
+
+            def partial():
+                card = _room_card(dash, room)
+                return card if card and card["presence"]["partial"] else None
+
+            card = wait_for(partial, timeout=10, message="a partial presence count")
+            assert (card["presence"]["clients"], card["presence"]["users"]) == (3, 3)
+    finally:
+        srv.stop()
+        redis.stop()
 
 
 def test_public_dashboard_shows_only_whitelisted_namespaces(tmp_path):

@@ -102,8 +102,19 @@
     dot.title = ns.status;
     head.append(dot, el('span', ns.path, 'jw-path'));
     const dl = el('dl', null, 'jw-dl');
-    row(dl, 'Clients', num(ns.clientCount));
-    row(dl, 'Active users', num(ns.activeUsers));
+    const presence = ns.presence && typeof ns.presence === 'object' ? ns.presence : null;
+    if (presence) {
+      // Presence counts every process's members; partial: Redis unreadable, ours only.
+      const partial = presence.partial ? ' (partial)' : '';
+      head.append(el('span', presence.partial ? 'presence: partial' : 'presence', 'jw-badge' + (presence.partial ? ' jw-partial' : '')));
+      row(dl, 'Clients (presence)', num(presence.clients) + partial);
+      row(dl, 'Users (presence)', num(presence.users) + partial);
+      row(dl, 'Clients here', num(ns.clientCount));
+      dl.querySelectorAll('dd')[1].classList.add('jw-users');
+    } else {
+      row(dl, 'Clients', num(ns.clientCount));
+      row(dl, 'Active users', num(ns.activeUsers));
+    }
     row(dl, 'Msgs / min', num(ns.messagesPerMin));
     row(dl, 'Msgs / hour', num(ns.messagesPerHour));
     row(dl, 'Total messages', num(ns.totalMessages));
@@ -196,6 +207,13 @@
     setText('jw-dropped', num(data.totalDropped));
     const relay = data.relay || {};
     setText('jw-relay', (relay.kind || '-') + (relay.degraded ? ' (degraded)' : ''));
+    const presence = data.presence && typeof data.presence === 'object' ? data.presence : null;
+    $('jw-presence').hidden = !presence;
+    if (presence) {
+      setText('jw-presence', 'Presence on this process: ' + num(presence.localMembers) + ' members, ' +
+        num(presence.framesSent) + ' event frames sent, ' + num(presence.reaped) + ' members of dead processes removed. ' +
+        'Cards marked presence count clients and users on every process.');
+    }
     const t = data.statusTimeouts || {};
     setText('jw-legend', 'Green: activity in the last ' + duration(t.warning) + '. Yellow: idle longer, clients connected. ' +
       'Red: no clients, or idle over ' + duration(t.inactive) + '. Sparklines: messages per second over the last 60 s.');
