@@ -149,7 +149,7 @@ class NamespaceTemplate:
         """Members of the concrete namespace across every process (``presence=True``)."""
         return self._ext._state().presence_of(self._concrete_path(ctx), stats=False)
 
-    def presence_stats(self, ctx: Any = None) -> Dict[str, int]:
+    def presence_stats(self, ctx: Any = None) -> Dict[str, Any]:
         """``{"clients": n, "users": m}`` of the concrete namespace, every process."""
         return self._ext._state().presence_of(self._concrete_path(ctx), stats=True)
 
@@ -241,7 +241,7 @@ class Namespace:
         self._require_presence()
         return self.state.presence.members(self.path)  # type: ignore[no-any-return]
 
-    def presence_stats(self) -> Dict[str, int]:
+    def presence_stats(self) -> Dict[str, Any]:
         """``{"clients": n, "users": m}`` across every process (distinct usernames)."""
         self._require_presence()
         return self.state.presence.stats(self.path)  # type: ignore[no-any-return]

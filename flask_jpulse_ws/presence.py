@@ -238,9 +238,14 @@ class PresenceTracker:
         """Members of ``path`` on every process (local only while Redis is away)."""
         return self.snapshot(path)[0]
 
-    def stats(self, path: str) -> Dict[str, int]:
-        """``{"clients": n, "users": m}`` of ``path`` on every process."""
-        return summarize(self.members(path))
+    def stats(self, path: str) -> Dict[str, Any]:
+        """``{"clients": n, "users": m}`` of ``path`` on every process, plus
+        ``"partial": True`` while Redis cannot be read (this process's members only)."""
+        members, partial = self.snapshot(path)
+        out: Dict[str, Any] = dict(summarize(members))
+        if partial:
+            out["partial"] = True
+        return out
 
     def snapshot(self, path: str) -> Tuple[List[Member], bool]:
         """(members, partial): partial when Redis could not be read."""
