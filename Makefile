@@ -24,7 +24,7 @@ test: $(STAMP) lint typecheck docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -x -m "not browser and not cluster" --timeout=120
+	$(BIN)/python -m pytest -q -x -m "not browser and not cluster and not soak" --timeout=120
 
 lint: $(STAMP)
 	$(BIN)/ruff check flask_jpulse_ws tests example_app benchmarks

@@ -10,18 +10,26 @@ UPDATE statements.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
 import uuid
 from typing import Any, Dict, List, Optional
 
+import redis
 from flask import Flask
 from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy.exc import OperationalError
 
 from flask_jpulse_ws import JPulseWS, WSError
 
 from .models import Note, db
+
+log = logging.getLogger("example_app")
+
+#: Failures of the store itself (not of the request): answered 503, not 500.
+STORE_ERRORS = (redis.RedisError, OSError, OperationalError)
 
 __all__ = ["PATH", "PALETTE", "TEXT_MAX", "SqlNotesStore", "RedisNotesStore", "init_app",
            "clean_fields"]
@@ -236,6 +244,13 @@ def init_app(app: Flask, ws: JPulseWS) -> None:
 
     @ns.on_message
     def message(conn: Any) -> None:
+        try:
+            handle(conn)
+        except STORE_ERRORS as exc:  # the store is away: say so, without a traceback
+            log.warning("notes store unavailable: %s", exc)
+            raise WSError("Notes are unavailable right now; try again shortly", 503) from None
+
+    def handle(conn: Any) -> None:
         msg = conn.message
         kind, data = msg["type"], msg.get("data")
         username = conn.ctx.username or "guest"

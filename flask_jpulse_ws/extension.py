@@ -241,8 +241,10 @@ class AppState:
                 self._history.drop(path)
 
     # ---------------------------------------------------------------- sessions
-    def revoke_session(self, token: str, _relay: bool = True) -> int:
+    def revoke_session(self, token: Any, _relay: bool = True) -> int:
         """Close every socket opened with this browser login session (4401)."""
+        if not isinstance(token, str) or not token:
+            return 0  # anonymous sockets have no token: "no token" must match nobody
         n = 0
         for conn in list(self.registry.connections()):
             if conn.session_token == token:
@@ -264,7 +266,7 @@ class AppState:
         elif op == "remove":
             self.remove_namespace(message["path"], _relay=False)
         elif op == "revoke":
-            self.revoke_session(message["token"], _relay=False)
+            self.revoke_session(message.get("token"), _relay=False)
         elif op == "hbroadcast":  # a broadcast with a history position, from Redis
             self.deliver_history(message["path"], _bytes(message["payload"]),
                                  str(message["epoch"]), int(message["offset"]),
