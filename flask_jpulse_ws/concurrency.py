@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Optional
 
 __all__ = ["using_gevent", "spawn", "spawn_later", "sleep", "Event", "Lock",
-           "nonblocking_sender", "AsyncResult", "monotonic"]
+           "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon"]
 
 _gevent: Optional[bool] = None
 monotonic = time.monotonic
@@ -52,6 +52,37 @@ def spawn_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     t.daemon = True
     t.start()
     return t
+
+
+def receiver(sock: Any, size: int) -> Callable[[], bytes]:
+    """``recv()`` for a reader that has just handled what it read.
+
+    gevent's ``recv`` tries the socket first and waits only when that fails;
+    right after handling a message the next one has almost never arrived, so
+    every message would cost a failed system call. This waits first, then reads.
+    """
+    wait = getattr(sock, "_wait", None)
+    event = getattr(sock, "_read_event", None)
+    raw = getattr(sock, "_sock", None)
+    if not using_gevent() or wait is None or event is None or raw is None:
+        return lambda: sock.recv(size)  # type: ignore[no-any-return]
+    raw_recv = raw.recv
+
+    def recv() -> bytes:
+        while True:
+            wait(event)
+            try:
+                return raw_recv(size)  # type: ignore[no-any-return]
+            except (BlockingIOError, InterruptedError):
+                continue  # woken without data: wait again
+
+    return recv
+
+
+def call_soon(fn: Callable[[], Any]) -> None:
+    """Run ``fn()`` once the running greenlet yields (gevent only; never blocks in it)."""
+    import gevent
+    gevent.get_hub().loop.run_callback(fn)
 
 
 def sleep(seconds: float) -> None:

@@ -32,6 +32,38 @@ log = logging.getLogger("flask_jpulse_ws")
 
 _NO_LOCK = contextlib.nullcontext()
 _OVERFLOW = object()
+#: Bytes a connection's outbox gathers before it is written without waiting for a yield.
+_OUTBOX_MAX = 256 * 1024
+
+
+class _Flusher:
+    """Writes every connection's outbox once the current greenlet yields.
+
+    The flush runs as a callback of gevent's loop: a list swap and one
+    non-blocking write per connection, nothing that could switch greenlets.
+    """
+
+    def __init__(self) -> None:
+        self._dirty: List[Connection] = []
+        self._scheduled = False
+
+    def add(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            concurrency.call_soon(self.flush)
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for conn in dirty:
+            try:
+                conn._flush_outbox()
+            except Exception:  # one broken socket must not keep the others' frames
+                log.exception("writing to %r failed", conn)
+
+
+_FLUSHER = _Flusher()
 
 
 def _ignore(conn: Connection, payload: bytes) -> None:
@@ -80,6 +112,10 @@ class Connection:
         self._lock: Any = _NO_LOCK if concurrency.using_gevent() else concurrency.Lock()
         #: One non-blocking write: what the kernel takes now, never a wait.
         self._send_now: Callable[[Any], int] = concurrency.nonblocking_sender(sock)
+        #: Under gevent, frames wait in the outbox until this greenlet yields.
+        self._coalesce = self._lock is _NO_LOCK
+        self._outbox: Optional[List[bytes]] = None
+        self._outbox_bytes = 0
         self._close_sent = False
         self._shutdown_when_flushed = False
         self._cut_timer: Any = None
@@ -135,25 +171,58 @@ class Connection:
             return False
         queue = self._queue
         if queue is None:
-            try:
-                sent = self._send_now(frame)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
-            except OSError:
-                self._lost()
-                return False
-            if sent == len(frame):
-                return True  # the common case: the kernel took it all, no copy, no switch
-            self._queue = deque((memoryview(frame)[sent:],))
-            self._queued = len(frame) - sent
-            self._head_partial = sent > 0
-            concurrency.spawn(self._write_queued)
+            if not self._coalesce:
+                return self._write_now(frame)
+            # Frames sent before this greenlet yields go out in one write: a burst of
+            # K broadcasts costs each socket one syscall, not K.
+            outbox = self._outbox
+            if outbox is None:
+                self._outbox = [frame]
+                self._outbox_bytes = len(frame)
+                _FLUSHER.add(self)
+            else:
+                outbox.append(frame)
+                self._outbox_bytes += len(frame)
+                if self._outbox_bytes >= _OUTBOX_MAX:
+                    self._flush_outbox()  # a long burst: write now, memory stays bounded
             return True
         if self._queued + len(frame) > self._max_queue and not force:
             return _OVERFLOW
         queue.append(frame)
         self._queued += len(frame)
         return True
+
+    def _write_now(self, data: bytes) -> bool:
+        """Write what the kernel takes; queue the rest for the writer task."""
+        try:
+            sent = self._send_now(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._lost()
+            return False
+        if sent == len(data):
+            return True  # the common case: the kernel took it all, no copy, no switch
+        self._queue = deque((memoryview(data)[sent:],))
+        self._queued = len(data) - sent
+        self._head_partial = sent > 0
+        concurrency.spawn(self._write_queued)
+        return True
+
+    def _flush_outbox(self) -> None:
+        """Write the frames gathered since the last flush (gevent only, no switch)."""
+        pending = self._outbox
+        if pending is None:
+            return
+        self._outbox = None
+        self._outbox_bytes = 0
+        if self._queue is not None:  # pragma: no cover - frames reach the outbox only without
+            self._queue.extend(pending)  # a queue; kept for safety
+            self._queued += sum(len(f) for f in pending)
+            return
+        self._write_now(pending[0] if len(pending) == 1 else b"".join(pending))
+        if self._shutdown_when_flushed and self._queue is None:
+            self._shutdown()
 
     def _write_queued(self) -> None:
         sock = self.sock
@@ -342,6 +411,7 @@ class Connection:
             self.close_code = code
             with self._lock:
                 idle = self._queue is None
+                self._outbox = None  # cut anyway: what has not been written is dropped
             if idle and code is not None:  # a queued close frame would never pass a frozen peer
                 try:
                     self._send_now(frames.close_frame(code, reason))
@@ -374,16 +444,17 @@ class Connection:
         messages to :meth:`enqueue`, so a slow handler never delays a pong.
         """
         self._on_message = on_message
-        recv = self.sock.recv
+        recv = concurrency.receiver(self.sock, _RECV_BYTES)
         try:
             while True:
-                data = recv(_RECV_BYTES)
+                data = recv()
                 if not data or not self._process(data):
                     return
         except OSError:
             return
         finally:
             self.open = False
+            self._flush_outbox()  # the server closes the socket when we return
             if self._cut_timer is not None:
                 self._cut_timer.cancel()
             self._fail_pending()
@@ -478,7 +549,7 @@ class Connection:
             self.send_frame(frames.close_frame(echo), force=True)
             self._close_sent = True
         with self._lock:
-            flushed = self._queue is None
+            flushed = self._queue is None and self._outbox is None
             if not flushed:
                 self._shutdown_when_flushed = True
         if flushed:
