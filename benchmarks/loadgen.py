@@ -39,6 +39,16 @@ import zlib
 from typing import Any, Callable
 
 try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in benchmarks/requirements.txt
+    uvloop = None
+
+try:
+    from picows import WSCloseCode, WSListener, WSMsgType, ws_connect
+except ImportError:  # pragma: no cover - picows is in benchmarks/requirements.txt
+    WSListener = WSMsgType = WSCloseCode = ws_connect = None
+
+try:
     import orjson
 
     _loads = orjson.loads
@@ -54,6 +64,14 @@ now = time.perf_counter
 
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"  # what Chrome/Firefox send
 _TAIL = b"\x00\x00\xff\xff"
+
+
+def run(coro):
+    """asyncio.run on uvloop (when installed): the load generator's event loop in C."""
+    if uvloop is not None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)
 
 
 def check_loopback(host: str) -> None:
@@ -327,7 +345,9 @@ class WSConn(asyncio.Protocol):
     # Each dialect implements: trigger(payload), burst(k, seq, t, pad), echo(rid, data)
 
 
-class JPulseConn(WSConn):
+class JPulseDialect:
+    """ours: JSON envelopes, a welcome frame first, replies carry the requestId."""
+
     PATH = "/api/1/ws/bench"
 
     def on_text(self, payload, t):
@@ -362,7 +382,9 @@ class JPulseConn(WSConn):
         return self.send_text(_dumps({"type": "echo", "requestId": rid, "data": data}))
 
 
-class PlainConn(WSConn):
+class PlainDialect:
+    """plain flask-sock app and the picows reference: bare JSON frames."""
+
     PATH = "/ws"
 
     def on_open(self):
@@ -388,7 +410,9 @@ class PlainConn(WSConn):
         return self.send_text(_dumps({"type": "echo", "requestId": rid, "data": data}))
 
 
-class SocketIOConn(WSConn):
+class SocketIODialect:
+    """Flask-SocketIO: Engine.IO v4 / Socket.IO v5 packets in text frames."""
+
     PATH = "/socket.io/?EIO=4&transport=websocket"
 
     def on_text(self, payload, t):
@@ -431,11 +455,175 @@ class SocketIOConn(WSConn):
         return self.send_text(b"42" + str(rid).encode() + b'["echo",' + _dumps(data) + b"]")
 
 
+class JPulseConn(JPulseDialect, WSConn):
+    pass
+
+
+class PlainConn(PlainDialect, WSConn):
+    pass
+
+
+class SocketIOConn(SocketIODialect, WSConn):
+    pass
+
+
+# the hand-rolled client, per peer (always used for permessage-deflate and socket options)
 DIALECTS: dict[str, type[WSConn]] = {
     "jpulse": JPulseConn,
     "socketio": SocketIOConn,
     "flasksock": PlainConn,
+    "picows": PlainConn,
 }
+
+
+# --------------------------------------------------------------------------------------
+# The picows client (C frame parsing and masking): the default where the dialect allows
+# --------------------------------------------------------------------------------------
+
+if WSListener is not None:
+    _TEXT = WSMsgType.TEXT
+    _CONT = WSMsgType.CONTINUATION
+    _CLOSE = WSMsgType.CLOSE
+
+    class PicowsConn(WSListener):
+        """The same surface as WSConn (ready/closed futures, counters, send_text, abort,
+        close) on a picows WSListener: frames are parsed and masked in C, pings answered
+        by picows. permessage-deflate (which picows lacks) is done here for what the
+        client receives; what it sends goes uncompressed (RSV1 clear), which RFC 7692
+        allows, so a deflate case costs the load generator only the inflating."""
+
+        deflate = False
+        _inflater = None
+        _inflate_reset = False
+
+        def negotiate(self, response) -> None:
+            """Take the server's permessage-deflate answer (if any) from the 101."""
+            ext = response.headers.get("Sec-WebSocket-Extensions", "") if response else ""
+            if ext.lower().startswith("permessage-deflate"):
+                params = [p.strip().lower() for p in ext.split(";")[1:]]
+                self.deflate = True
+                self._inflate_reset = "server_no_context_takeover" in params
+                self._inflater = zlib.decompressobj(-15)
+
+        def __init__(self, sink: Any):
+            loop = asyncio.get_running_loop()
+            self.sink = sink
+            self.ready = loop.create_future()
+            self.closed = loop.create_future()
+            self.close_code = None
+            self.wst = None  # picows WSTransport
+            self._frag = None
+            self.received = 0
+            self.errors = 0
+            self.bad = 0
+            self.last_error = None
+            self.tag = None
+
+        def on_ws_connected(self, transport):
+            self.wst = transport
+            self.on_open()
+
+        def on_ws_disconnected(self, transport):
+            if not self.ready.done():
+                why = f"connection lost before ready ({self.close_code})"
+                self.ready.set_exception(ConnectionError(why))
+            if not self.closed.done():
+                self.closed.set_result(self.close_code)
+
+        def on_ws_frame(self, transport, frame):
+            t = now()
+            mt = frame.msg_type
+            if mt is _TEXT:
+                if frame.fin:
+                    payload = frame.get_payload_as_bytes()
+                    if frame.rsv1 and self._inflater is not None:
+                        payload = self._inflate(payload)
+                else:
+                    self._frag = [frame.get_payload_as_bytes()]
+                    self._frag_rsv1 = frame.rsv1
+                    return
+            elif mt is _CONT:
+                if self._frag is None:
+                    return
+                self._frag.append(frame.get_payload_as_bytes())
+                if not frame.fin:
+                    return
+                payload = b"".join(self._frag)
+                self._frag = None
+                if self._frag_rsv1 and self._inflater is not None:
+                    payload = self._inflate(payload)
+            elif mt is _CLOSE:
+                code = frame.get_close_code()
+                self.close_code = getattr(code, "value", code)
+                transport.send_close(code)
+                transport.disconnect()
+                return
+            else:  # pings are answered by picows; pongs and binary are ignored
+                return
+            self.received += 1
+            try:
+                self.on_text(payload, t)
+            except Exception as exc:  # noqa: BLE001 - a corrupted or unexpected frame
+                self.bad += 1
+                self.last_error = f"bad frame: {type(exc).__name__}: {exc}"
+
+        def _inflate(self, payload: bytes) -> bytes:
+            out = self._inflater.decompress(payload + _TAIL)
+            if self._inflate_reset:
+                self._inflater = zlib.decompressobj(-15)
+            return out
+
+        def send_text(self, payload: bytes):
+            w = self.wst
+            if w is None or w.is_disconnected or w.is_close_frame_sent:
+                return False
+            w.send(_TEXT, payload)
+            return True
+
+        def abort(self):
+            """Drop the TCP connection without a close frame (a vanished client)."""
+            if self.wst is not None:
+                self.wst.disconnect(graceful=False)
+
+        def close(self, code: int = 1000):
+            w = self.wst
+            if w is not None and not w.is_disconnected:
+                if not w.is_close_frame_sent:
+                    w.send_close(WSCloseCode(code))
+                w.disconnect()
+
+        def _fail(self, why: str):
+            self.last_error = why
+            if not self.ready.done():
+                self.ready.set_exception(ConnectionError(why))
+            self.abort()
+
+        def _error_frame(self, msg):
+            self.errors += 1
+            self.last_error = msg
+            cb = getattr(self.sink, "on_error", None)
+            if cb is not None:
+                cb(self, msg)
+
+        def on_open(self):
+            pass
+
+        def on_text(self, payload: bytes, t: float):
+            pass
+
+    class PicowsJPulseConn(JPulseDialect, PicowsConn):
+        pass
+
+    class PicowsPlainConn(PlainDialect, PicowsConn):
+        pass
+
+    PICOWS_DIALECTS: dict[str, type] = {
+        "jpulse": PicowsJPulseConn,
+        "flasksock": PicowsPlainConn,
+        "picows": PicowsPlainConn,
+    }
+else:  # pragma: no cover - picows is in benchmarks/requirements.txt
+    PICOWS_DIALECTS = {}
 
 
 # --------------------------------------------------------------------------------------
@@ -446,10 +634,18 @@ class Target:
     """Where to connect and how to speak. ``monitor`` (optional) reads server metrics."""
 
     def __init__(self, peer: str, host: str = "127.0.0.1", port: int = 5000, monitor=None,
-                 count_port: int | None = None):
+                 count_port: int | None = None, client: str = "auto"):
         check_loopback(host)
         self.peer = peer
         self.cls = DIALECTS[peer]
+        # "picows": the C client where the dialect allows (all but socketio), "raw": the
+        # hand-rolled one everywhere; "auto" = picows when installed
+        if client == "auto":
+            client = "picows" if peer in PICOWS_DIALECTS else "raw"
+        if client == "picows" and peer not in PICOWS_DIALECTS:
+            raise ValueError(f"no picows client for peer {peer!r} (picows installed?)")
+        self.client = client
+        self.fast_cls = PICOWS_DIALECTS.get(peer) if client == "picows" else None
         self.host = host
         self.port = port
         self.monitor = monitor
@@ -469,7 +665,8 @@ async def http_get_json(host: str, port: int, path: str, timeout: float = 5.0):
     async def _go():
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n".encode())
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                         "Connection: close\r\n\r\n".encode())
             raw = await reader.read(-1)
         finally:
             writer.close()
@@ -510,6 +707,29 @@ async def open_conn(target: Target, sink, deflate=False, rcvbuf: int | None = No
     the MSS is 64 KiB and the kernel would otherwise buffer ~3 MB towards a client that
     stops reading, hiding the server's behaviour for minutes."""
     loop = asyncio.get_running_loop()
+    if target.fast_cls is not None and not (rcvbuf or mss):
+        fast_cls = target.fast_cls
+        url = f"ws://{target.host}:{target.port}{path or fast_cls.PATH}"
+        headers = {"Sec-WebSocket-Extensions": DEFLATE_OFFER} if deflate else None
+
+        def listener_factory(request=None, response=None):
+            listener = fast_cls(sink)
+            if deflate:
+                listener.negotiate(response)
+            return listener
+
+        async def _fast():
+            _, proto = await ws_connect(listener_factory, url, extra_headers=headers,
+                                        websocket_handshake_timeout=timeout,
+                                        read_buffer_init_size=4096, max_redirects=0)
+            try:
+                await proto.ready
+            except BaseException:
+                proto.abort()
+                raise
+            return proto
+
+        return await asyncio.wait_for(_fast(), timeout)
 
     def factory():
         return target.cls(target.host, target.port, sink, deflate=deflate, path=path)
@@ -800,21 +1020,72 @@ async def scenario_burst(target: Target, n: int, k=50, rounds=5, duration=15.0, 
 
 
 class ReqRepSink:
-    def __init__(self):
-        self.pending: dict[Any, tuple[asyncio.Future, float]] = {}
+    """Callback-driven closed loops: a reply sends that client's next request at once
+    (no coroutine, future or timer per request: the load generator's cost per reply is a
+    frame parse and a frame send). Stalls are found by a periodic sweep instead."""
+
+    def __init__(self, target: Target):
+        self.numeric = target.peer == "socketio"
+        self.pending: dict[Any, float] = {}  # (id(conn), rid) -> send time
+        self.out: dict[int, tuple[Any, float]] = {}  # id(conn) -> (key, send time)
         self.lat: list[float] = []
         self.errors = 0
+        self.counter = itertools.count(1)
+        self.replies = 0
+        self.measuring = False
+        self.stop_at = 0.0
+        self.max_requests = 10**6
+        self.active = 0
+        self.done: asyncio.Future | None = None
+
+    def start(self, conns, stop_at: float, measuring: bool):
+        self.stop_at = stop_at
+        self.measuring = measuring
+        self.done = asyncio.get_running_loop().create_future()
+        self.active = len(conns)
+        for c in conns:
+            self.fire(c)
+
+    def fire(self, c):
+        n = next(self.counter)
+        rid = n if self.numeric else f"r{n}"
+        t0 = now()
+        key = (id(c), rid)
+        self.pending[key] = t0
+        self.out[id(c)] = (key, t0)
+        c.echo(rid, {"n": n, "t": t0})
+
+    def retire(self, c=None):
+        if c is not None:
+            self.out.pop(id(c), None)
+        self.active -= 1
+        if self.active <= 0 and self.done is not None and not self.done.done():
+            self.done.set_result(True)
 
     def on_tick(self, conn, data, t):
         pass
 
     def on_reply(self, conn, rid, data, t):
-        ent = self.pending.pop((id(conn), rid), None)
-        if ent is not None:
-            fut, t0 = ent
+        t0 = self.pending.pop((id(conn), rid), None)
+        if t0 is None:
+            return
+        if self.measuring:
             self.lat.append(t - t0)
-            if not fut.done():
-                fut.set_result(data)
+            self.replies += 1
+        if t < self.stop_at and self.replies < self.max_requests:
+            self.fire(conn)
+        else:
+            self.retire(conn)
+
+    def sweep(self, per_timeout: float) -> int:
+        """Give up on requests older than per_timeout; returns how many."""
+        limit = now() - per_timeout
+        stale = [(cid, key) for cid, (key, t0) in self.out.items() if t0 < limit]
+        for cid, key in stale:
+            self.pending.pop(key, None)
+            self.out.pop(cid, None)
+            self.retire()
+        return len(stale)
 
     def on_error(self, conn, msg):
         self.errors += 1
@@ -822,50 +1093,33 @@ class ReqRepSink:
 
 async def scenario_reqrep(target: Target, clients: int, duration=5.0, max_requests=10**6,
                           per_timeout=10.0, warmup=1.0) -> dict:
-    sink = ReqRepSink()
+    sink = ReqRepSink(target)
+    sink.max_requests = max_requests
     conns, fails, _ = await connect_many(target, clients, sink)
-    loop = asyncio.get_running_loop()
-    counter = itertools.count(1)
-    replies = 0
     timeouts = 0
-    measuring = False
-    stop_at = 0.0
 
-    async def client(c):
-        nonlocal replies, timeouts
-        numeric = target.peer == "socketio"
-        while now() < stop_at and replies < max_requests:
-            n = next(counter)
-            rid = n if numeric else f"r{n}"
-            fut = loop.create_future()
-            t0 = now()
-            sink.pending[(id(c), rid)] = (fut, t0)
-            c.echo(rid, {"n": n, "t": t0})
-            try:
-                await asyncio.wait_for(fut, per_timeout)
-            except asyncio.TimeoutError:
-                sink.pending.pop((id(c), rid), None)
-                timeouts += 1
-                return
-            if measuring:
-                replies += 1
+    async def phase(length: float, measuring: bool):
+        nonlocal timeouts
+        sink.start(conns, now() + length, measuring)
+        deadline = now() + length + per_timeout + 5
+        while not sink.done.done() and now() < deadline:
+            await asyncio.wait([sink.done], timeout=0.25)
+            timeouts += sink.sweep(per_timeout)
+        if not sink.done.done():
+            timeouts += sink.sweep(0.0)
 
     try:
         if len(conns) < clients:
             return {"error": f"only {len(conns)}/{clients} connected: {fails[:3]}"}
-        # warm-up
-        stop_at = now() + warmup
-        await asyncio.wait_for(asyncio.gather(*(client(c) for c in conns)),
-                               warmup + per_timeout + 5)
+        await phase(warmup, False)  # warm-up
+        timeouts = 0
         sink.lat.clear()
-        measuring = True
         m = Meter(target).start()
         t0 = now()
-        stop_at = t0 + duration
-        await asyncio.wait_for(asyncio.gather(*(client(c) for c in conns)),
-                               duration + per_timeout + 5)
+        await phase(duration, True)
         elapsed = now() - t0
         cpu = m.stop()
+        replies = sink.replies
         return {
             "clients": clients,
             "replies": replies,
@@ -1115,10 +1369,13 @@ def main(argv=None):
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--k", type=int, default=50, help="burst size")
     ap.add_argument("--deflate", action="store_true", help="offer permessage-deflate (fanout)")
+    ap.add_argument("--client", choices=("auto", "picows", "raw"), default="auto",
+                    help="WebSocket client: picows (C; not for socketio) or the hand-rolled one")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = ap.parse_args(argv)
     raise_nofile()
     mon = PidMonitor(args.server_pid) if args.server_pid else None
-    target = Target(args.peer, args.host, args.port, monitor=mon)
+    target = Target(args.peer, args.host, args.port, monitor=mon, client=args.client)
     if args.scenario == "fanout":
         coro = scenario_fanout(target, args.n, duration=args.duration, deflate=args.deflate)
     elif args.scenario == "burst":
@@ -1129,7 +1386,10 @@ def main(argv=None):
         coro = scenario_idle(target, args.n, hold=args.duration, cpu_window=args.duration)
     else:
         coro = scenario_slow(target, args.n, duration=args.duration)
-    print(json.dumps(asyncio.run(coro), indent=2))
+    res = run(coro) if args.loop == "uvloop" else asyncio.run(coro)
+    res["client"] = target.client
+    res["loop"] = args.loop if uvloop is not None else "asyncio"
+    print(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Benchmark runner: flask-jpulse-ws against Flask-SocketIO and a plain flask-sock loop.
+"""Benchmark runner: flask-jpulse-ws against Flask-SocketIO, a plain flask-sock loop and an
+asyncio + picows reference.
 
 Starts each peer's app (benchmarks/apps/) as ``gunicorn -k gevent -w 1
---worker-connections 20000`` on a free loopback port, runs the scenarios against the peers
-alternately (the peer order rotates every repetition), repeats three times, and writes
-medians, ratios against Flask-SocketIO from the same run, and each side's CPU to
-``benchmarks/results/``: a JSON file, a markdown table and PNG charts.
+--worker-connections 20000`` on a free loopback port (the picows app as a plain asyncio
+process), runs the scenarios against the peers alternately (the peer order rotates every
+repetition), repeats, and writes medians, ratios against Flask-SocketIO and against picows
+from the same run, the targets of issue 6, and each side's CPU to ``benchmarks/results/``:
+a JSON file, a markdown table and PNG charts.
 
     python benchmarks/run.py                 # everything, 3 repetitions (~30-40 min)
     python benchmarks/run.py --quick         # small sizes, 1 repetition (< 2 min)
@@ -45,8 +47,11 @@ PEERS = {
     "jpulse": {"module": "jpulse_app:app", "label": "flask-jpulse-ws"},
     "socketio": {"module": "socketio_app:app", "label": "Flask-SocketIO"},
     "flasksock": {"module": "flasksock_app:app", "label": "flask-sock loop"},
+    # asyncio, not WSGI: started as a plain script (see Server), one process only
+    "picows": {"script": "picows_app.py", "label": "asyncio + picows"},
 }
 BASELINE = "socketio"
+REFERENCE = "picows"  # the second ratio column: against the asyncio + picows reference
 NOISY_PCT = 25.0  # other processes used this much CPU during a measured window
 
 
@@ -61,7 +66,7 @@ class Case:
     scenario: str  # loadgen scenario function
     x: int  # N or clients (for charts)
     params: dict
-    peers: tuple = ("jpulse", "socketio", "flasksock")
+    peers: tuple = ("jpulse", "socketio", "flasksock", "picows")
     workers: int = 1
     redis: bool = False
     env: dict = field(default_factory=dict)
@@ -78,9 +83,9 @@ def build_cases(quick: bool) -> list[Case]:
         idle_ns, fan_ns, burst_ns = [1000, 5000, 10000], [100, 1000, 5000], [100, 1000, 5000]
         d, k = 10.0, 50
     for n in idle_ns:
-        hold = 1.0 if quick else 10.0
+        hold = 1.0 if quick else 6.0
         cases.append(Case(f"idle-{n}", "idle", "idle", n,
-                          dict(n=n, hold=hold, cpu_window=2.0 if quick else 10.0,
+                          dict(n=n, hold=hold, cpu_window=2.0 if quick else 6.0,
                                cleanup_timeout=60.0 if quick else 180.0,
                                settle_timeout=20.0 if quick else 60.0),
                           fresh=True, timeout=120.0 if quick else 600.0))
@@ -211,10 +216,16 @@ class Server:
         full_env.update(env)
         extra = [full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []
         full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(APPS)] + extra)
-        cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
-               "--worker-connections", "20000", "-b", f"127.0.0.1:{self.port}",
-               "--chdir", str(APPS), "--timeout", "600", "--graceful-timeout", "2",
-               "--log-level", "warning", PEERS[peer]["module"]]
+        if "script" in PEERS[peer]:  # asyncio peer: one process, no gunicorn
+            if workers != 1:
+                raise RuntimeError(f"{peer} runs as one process only")
+            cmd = [sys.executable, str(APPS / PEERS[peer]["script"]), "--host", "127.0.0.1",
+                   "--port", str(self.port)]
+        else:
+            cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
+                   "--worker-connections", "20000", "-b", f"127.0.0.1:{self.port}",
+                   "--chdir", str(APPS), "--timeout", "600", "--graceful-timeout", "2",
+                   "--log-level", "warning", PEERS[peer]["module"]]
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      env=full_env, start_new_session=True)
         _children.append(self.proc)
@@ -341,9 +352,10 @@ def run_case(case: Case, peer: str, servers: dict, args, logdir: Path, redis: Re
             if old is not None:
                 old.stop()
             servers[key] = srv
-    target = lg.Target(peer, "127.0.0.1", srv.port, monitor=srv.monitor)
+    target = lg.Target(peer, "127.0.0.1", srv.port, monitor=srv.monitor, client=args.client)
     try:
-        res = asyncio.run(_run_case_async(case, target))
+        coro = _run_case_async(case, target)
+        res = asyncio.run(coro) if args.loop == "asyncio" else lg.run(coro)
     except asyncio.TimeoutError:
         res = {"error": f"case timed out after {case.timeout}s"}
     except Exception as exc:  # noqa: BLE001 - one failure must not stop the run
@@ -353,7 +365,7 @@ def run_case(case: Case, peer: str, servers: dict, args, logdir: Path, redis: Re
     res = _derive(case, res)
     if reuse and srv.proc.poll() is None and case.workers == 1:
         # leave the shared server empty for the next case
-        d = asyncio.run(_drain(target, 30.0))
+        d = lg.run(_drain(target, 30.0))
         if not d["drained"]:
             res["warning"] = f"server kept {d['left']} connections after the case"
     if not reuse:
@@ -393,11 +405,12 @@ def add_ratios(summary: dict, cases: list[Case]):
             continue
         metric, _ = MAIN_METRIC[case.family]
         row = summary[case.name]
-        base = row.get(BASELINE, {}).get(metric)
-        for _peer, res in row.items():
-            v = res.get(metric)
-            if isinstance(base, (int, float)) and base and isinstance(v, (int, float)):
-                res[f"{metric}_vs_{BASELINE}"] = round(v / base, 3)
+        for ref in (BASELINE, REFERENCE):
+            base = row.get(ref, {}).get(metric)
+            for _peer, res in row.items():
+                v = res.get(metric)
+                if isinstance(base, (int, float)) and base and isinstance(v, (int, float)):
+                    res[f"{metric}_vs_{ref}"] = round(v / base, 3)
 
 
 def _fmt(v) -> str:
@@ -416,12 +429,103 @@ def _fmt(v) -> str:
     return str(v)
 
 
+# The targets of issue 6, checked against each run: (name, case, metric, how, threshold).
+#   how = "vs:<peer>"  ours / that peer's figure from the same run, at least threshold
+#         "p99vs:<peer>" ours / that peer's p99, at most threshold
+#         "max" / "min"  our absolute figure at most / at least threshold
+#         "of:<case>"    ours / our own figure in that case, at least threshold
+TARGETS = [
+    ("fan-out N=1,000 closed loop >= 3x Flask-SocketIO", "fanout-1000", "deliveries_per_s",
+     "vs:socketio", 3.0),
+    ("fan-out N=1,000 closed loop >= 0.8x asyncio + picows", "fanout-1000", "deliveries_per_s",
+     "vs:picows", 0.8),
+    ("burst N=1,000 >= 1.5x Flask-SocketIO", "burst-1000", "deliveries_per_s", "vs:socketio",
+     1.5),
+    ("p99 at N=5,000 closed loop <= 0.15x Flask-SocketIO", "fanout-5000", "p99_ms",
+     "p99vs:socketio", 0.15),
+    ("request/reply 50 clients >= 5x Flask-SocketIO", "reqrep-50", "replies_per_s",
+     "vs:socketio", 5.0),
+    ("idle memory <= 30 KB/connection at 10,000 connections", "idle-10000", "kb_per_conn",
+     "max", 30.0),
+    ("idle CPU < 5% of a core at 10,000 connections", "idle-10000", "idle_server_cpu_pct",
+     "max", 5.0),
+    ("cleanup of 10,000 vanished clients < 3 s", "idle-10000", "cleanup_s", "max", 3.0),
+    ("cross-worker (2 workers, Redis) N=1,000 >= 2.5x Flask-SocketIO", "xworker-1000",
+     "deliveries_per_s", "vs:socketio", 2.5),
+    ("permessage-deflate offered: fan-out within 2x of uncompressed (>= 0.5x)", "deflate-1000",
+     "deliveries_per_s", "of:fanout-1000", 0.5),
+]
+
+
+def check_targets(summary: dict, ours: str = "jpulse") -> list[dict]:
+    """Each target: our value, the reference, the ratio, met or not (None: no data)."""
+    out = []
+    for name, case, metric, how, thr in TARGETS:
+        mine = summary.get(case, {}).get(ours, {}).get(metric)
+        row = {"target": name, "case": case, "metric": metric, "value": mine,
+               "threshold": thr, "met": None}
+        ref = None
+        if how.startswith(("vs:", "p99vs:")):
+            ref = summary.get(case, {}).get(how.split(":", 1)[1], {}).get(metric)
+        elif how.startswith("of:"):
+            ref = summary.get(how[3:], {}).get(ours, {}).get(metric)
+        if isinstance(mine, (int, float)):
+            if how in ("max", "min"):
+                row["met"] = mine <= thr if how == "max" else mine >= thr
+                if how == "max" and metric == "idle_server_cpu_pct":
+                    row["met"] = mine < thr
+                elif how == "max" and metric == "cleanup_s":
+                    row["met"] = mine < thr
+            elif isinstance(ref, (int, float)) and ref:
+                ratio = mine / ref
+                row["reference"] = ref
+                row["ratio"] = round(ratio, 3)
+                row["met"] = ratio <= thr if how.startswith("p99vs:") else ratio >= thr
+        out.append(row)
+    return out
+
+
+def targets_markdown(rows: list[dict]) -> list[str]:
+    lines = ["## Targets (issue 6)", "",
+             "| target | ours | reference | ratio | threshold | met |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "met", False: "**missed**", None: "no data"}[r["met"]]
+        ratio = f"{r['ratio']:.3f}x" if "ratio" in r else "-"
+        lines.append(f"| {r['target']} | {_fmt(r['value'])} | {_fmt(r.get('reference'))} | "
+                     f"{ratio} | {r['threshold']} | {met} |")
+    lines.append("")
+    return lines
+
+
+def history_cost(summary: dict, ours: str = "jpulse") -> dict | None:
+    on = summary.get("history-1000", {}).get(ours, {})
+    off = summary.get("fanout-1000", {}).get(ours, {})
+    if not on.get("deliveries_per_s") or not off.get("deliveries_per_s"):
+        return None
+    out = {"off_deliveries_per_s": off["deliveries_per_s"],
+           "on_deliveries_per_s": on["deliveries_per_s"],
+           "throughput_ratio": round(on["deliveries_per_s"] / off["deliveries_per_s"], 3)}
+    for k in ("p99_ms", "server_us_per_delivery"):
+        if on.get(k) is not None and off.get(k) is not None:
+            out[f"off_{k}"], out[f"on_{k}"] = off[k], on[k]
+    return out
+
+
 def write_markdown(path: Path, meta: dict, summary: dict, cases: list[Case], peers: list[str]):
     lines = [f"# Benchmark results ({meta['mode']}, {meta['started']})", ""]
     lines.append(f"Machine: {meta['cpus']} CPUs, Python {meta['python']}, {meta['platform']}. "
                  f"Repetitions: {meta['repetitions']} (medians shown). Peers alternate within "
                  f"each case. One gunicorn gevent worker unless stated (xworker: 2 workers + "
-                 f"Redis). Ratios are against {PEERS[BASELINE]['label']} from the same run.")
+                 f"Redis). Ratios are against {PEERS[BASELINE]['label']} and against "
+                 f"{PEERS[REFERENCE]['label']} from the same run.")
+    lg_meta = meta.get("loadgen")
+    if lg_meta:
+        lines.append("")
+        clients = ", ".join(f"{PEERS[p]['label']}: {c}" for p, c in lg_meta["client"].items())
+        lines.append(f"Load generator: one process, event loop {lg_meta['loop']}; WebSocket "
+                     f"client per peer: {clients} (picows = its C client with "
+                     f"permessage-deflate inflating added; raw = the hand-rolled one; the slow "
+                     f"client is always raw for its socket options).")
     lines.append("")
     lines.append("`server_cpu_pct`/`loadgen_cpu_pct`: CPU of the server process tree / of the "
                  "load generator over the measured window (100 = one core). `saturated` says "
@@ -451,8 +555,10 @@ def write_markdown(path: Path, meta: dict, summary: dict, cases: list[Case], pee
         lines.append(f"## {titles.get(fam, fam)}")
         lines.append("")
         ratio_col = f"{metric} vs {BASELINE}"
-        lines.append("| case | peer | " + " | ".join(cols) + f" | {ratio_col} | saturated |")
-        lines.append("|" + "---|" * (len(cols) + 4))
+        ref_col = f"vs {REFERENCE}"
+        lines.append("| case | peer | " + " | ".join(cols) + f" | {ratio_col} | {ref_col} "
+                     "| saturated |")
+        lines.append("|" + "---|" * (len(cols) + 5))
         for c in fcases:
             row = summary.get(c.name, {})
             for p in peers:
@@ -462,16 +568,28 @@ def write_markdown(path: Path, meta: dict, summary: dict, cases: list[Case], pee
                 if res.get("errors") and not any(res.get(k) is not None for k in cols):
                     err = str(res["errors"][-1]).replace("\n", " ").replace("|", "/")[:160]
                     lines.append(f"| {c.name} | {PEERS[p]['label']} | error: {err} |"
-                                 + " |" * (len(cols) + 1))
+                                 + " |" * (len(cols) + 2))
                     continue
                 vals = [_fmt(res.get(k)) for k in cols]
                 ratio = res.get(f"{metric}_vs_{BASELINE}")
                 rtxt = f"{ratio:.2f}x" if isinstance(ratio, (int, float)) else "-"
+                ref = res.get(f"{metric}_vs_{REFERENCE}")
+                ftxt = f"{ref:.2f}x" if isinstance(ref, (int, float)) else "-"
                 lines.append(f"| {c.name} | {PEERS[p]['label']} | " + " | ".join(vals)
-                             + f" | {rtxt} | {res.get('saturated', '-')} |")
+                             + f" | {rtxt} | {ftxt} | {res.get('saturated', '-')} |")
         lines.append("")
         lines.append(f"({metric}: {better} is better.)")
         lines.append("")
+    if "jpulse" in peers:
+        lines += targets_markdown(check_targets(summary))
+        hc = history_cost(summary)
+        if hc:
+            lines.append(f"History on (history_size=1000) vs off, N=1,000 closed loop: "
+                         f"{_fmt(hc['on_deliveries_per_s'])} vs {_fmt(hc['off_deliveries_per_s'])}"
+                         f" deliveries/s ({hc['throughput_ratio']:.2f}x); server CPU per delivery "
+                         f"{_fmt(hc.get('on_server_us_per_delivery'))} vs "
+                         f"{_fmt(hc.get('off_server_us_per_delivery'))} us.")
+            lines.append("")
     errors = [(c, p, e) for c, row in summary.items() for p, r in row.items()
               for e in r.get("errors", [])]
     if errors:
@@ -493,7 +611,8 @@ def write_charts(outdir: Path, prefix: str, summary: dict, cases: list[Case],
     except ImportError:
         return []
     written = []
-    colors = {"jpulse": "tab:blue", "socketio": "tab:orange", "flasksock": "tab:green"}
+    colors = {"jpulse": "tab:blue", "socketio": "tab:orange", "flasksock": "tab:green",
+              "picows": "tab:purple"}
 
     def series(family, metric):
         out = {}
@@ -559,11 +678,26 @@ def _versions() -> dict:
 
     for name in ("flask", "gevent", "gunicorn", "flask-socketio", "python-socketio",
                  "python-engineio", "flask-sock", "simple-websocket", "orjson",
-                 "flask-jpulse-ws"):
+                 "picows", "uvloop", "flask-jpulse-ws"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def _source_state() -> dict:
+    """The commit measured and whether the package had uncommitted changes (read-only git)."""
+    out = {}
+    try:
+        out["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                       capture_output=True, text=True, timeout=10
+                                       ).stdout.strip() or None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "flask_jpulse_ws"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        out["package_dirty"] = bool(dirty.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
     return out
 
 
@@ -574,12 +708,22 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="",
                     help="comma-separated families or case names (idle, fanout, burst, reqrep, "
                          "deflate, history, xworker, slow, or e.g. fanout-1000)")
-    ap.add_argument("--peers", default="jpulse,socketio,flasksock")
+    ap.add_argument("--peers", default=",".join(PEERS))
     ap.add_argument("--reps", type=int, default=None, help="repetitions (default 3; quick 1)")
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
+    ap.add_argument("--client", choices=("auto", "raw"), default="auto",
+                    help="load generator client: auto = picows' C client for every peer but "
+                         "socketio (and for deflate), raw = the hand-rolled one everywhere")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="load generator event loop (default uvloop when installed)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop starting new cases after this long (default 90; quick 3)")
+    ap.add_argument("--render", metavar="RUNDIR",
+                    help="only re-render results.md, the charts and the *latest* copies from "
+                         "RUNDIR/results.json (no measurement)")
     args = ap.parse_args(argv)
+    if args.render:
+        return render(Path(args.render), Path(args.out))
 
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     for p in peers:
@@ -616,6 +760,10 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": _versions(),
+        "source": _source_state(),
+        "loadgen": {"loop": args.loop if lg.uvloop is not None else "asyncio",
+                    "client": {p: ("picows" if args.client == "auto" and p in lg.PICOWS_DIALECTS
+                                   else "raw") for p in peers}},
         "cases": [c.name for c in cases],
     }
     t_start = time.monotonic()
@@ -673,15 +821,27 @@ def main(argv=None) -> int:
     add_ratios(summary, cases)
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     meta["stopped_early"] = stopped_early
+    meta["only"] = args.only
     data = {"meta": meta, "summary": summary, "runs": runs}
+    if "jpulse" in peers:
+        data["targets"] = check_targets(summary)
+        data["history_cost"] = history_cost(summary)
     (rundir / "results.json").write_text(json.dumps(data, indent=2))
+    return publish(rundir, outroot, data, cases, peers)
+
+
+def publish(rundir: Path, outroot: Path, data: dict, cases: list[Case], peers: list[str]) -> int:
+    meta, summary = data["meta"], data["summary"]
     write_markdown(rundir / "results.md", meta, summary, cases, peers)
     charts = write_charts(rundir, "", summary, cases, peers)
     # the committed summary: latest full run (latest.*); quick runs go to quick-latest.*
     # (a full run cut short by --only, --peers, --reps or the time budget: partial-latest.*)
-    complete = (not args.only and not stopped_early and reps >= 3
-                and set(peers) == set(PEERS))
-    prefix = "quick-latest" if args.quick else ("latest" if complete else "partial-latest")
+    # (2 repetitions count as complete: with 4 peers, 3 do not fit a ~35-minute budget)
+    complete = (not meta.get("only") and not meta.get("stopped_early")
+                and meta["repetitions"] >= 2 and set(peers) == set(PEERS)
+                and meta["cases"] == [c.name for c in build_cases(False)])
+    quick = meta["mode"] == "quick"
+    prefix = "quick-latest" if quick else ("latest" if complete else "partial-latest")
     shutil.copy(rundir / "results.json", outroot / f"{prefix}.json")
     shutil.copy(rundir / "results.md", outroot / f"{prefix}.md")
     for ch in charts:
@@ -690,6 +850,22 @@ def main(argv=None) -> int:
     print(f"and {outroot}/{prefix}.md / .json / -*.png; elapsed {meta['elapsed_s']} s\n")
     print((rundir / "results.md").read_text())
     return 0
+
+
+def render(rundir: Path, outroot: Path) -> int:
+    """Re-render a finished run (results.json) with the current report code."""
+    data = json.loads((rundir / "results.json").read_text())
+    meta = data["meta"]
+    names = set(meta["cases"])
+    cases = [c for c in build_cases(meta["mode"] == "quick") if c.name in names]
+    peers = meta["peers"]
+    data["summary"] = median_summary(data["runs"])
+    add_ratios(data["summary"], cases)
+    if "jpulse" in peers:
+        data["targets"] = check_targets(data["summary"])
+        data["history_cost"] = history_cost(data["summary"])
+    (rundir / "results.json").write_text(json.dumps(data, indent=2))
+    return publish(rundir, outroot, data, cases, peers)
 
 
 if __name__ == "__main__":
