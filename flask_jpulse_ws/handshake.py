@@ -78,14 +78,13 @@ def serve(state: AppState) -> Any:
     try:
         state.admit_ip(ip)
         counted = True
-        ns, client_id, ctx = _admit(state, environ, ctx)
+        ns, client_id, ctx, identity = _admit(state, environ, ctx, token)
     except Rejected as exc:
         state.rejections[exc.code] = state.rejections.get(exc.code, 0) + 1
         _close_rejected(sock, exc.code, exc.reason, settings.close_timeout)
         if counted:
             state.release_ip(ip)
         return _ended(mode)
-    identity = auth.identity_of(ctx, token, environ.get("HTTP_USER_AGENT", ""))
     conn = Connection(sock, ns, client_id, ctx, identity, token)
     since = parse_since(_query(environ, "since")) if ns.template.history_size else None
     try:
@@ -97,8 +96,9 @@ def serve(state: AppState) -> Any:
     return _ended(mode)
 
 
-def _admit(state: AppState, environ: Dict[str, Any], ctx: Context
-           ) -> Tuple[Any, str, Context]:
+def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Optional[str]
+           ) -> Tuple[Any, str, Context, tuple]:
+    """Checks 3-8 of the handshake: (namespace, client id, context, identity)."""
     settings = state.settings
     raw_path = _raw_path(environ)
     match = state.registry.match_raw(raw_path)
@@ -121,15 +121,14 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context
         log.warning("namespace cap (%d) reached: refusing %s", settings.max_namespaces, path)
         raise Rejected(CloseCode.TOO_MANY, "Too many namespaces")
     client_id = _client_id(environ)
+    identity = auth.identity_of(ctx, token, environ.get("HTTP_USER_AGENT", ""))
     held = ns.clients.get(client_id)
     if held is not None:
-        identity = auth.identity_of(ctx, auth.session_token(),
-                                    environ.get("HTTP_USER_AGENT", ""))
         if held.identity == identity:
             held.close(CloseCode.REPLACED, "Replaced by a newer connection")
         else:
             client_id = str(uuid.uuid4())  # never take over someone else's id
-    return ns, client_id, ctx
+    return ns, client_id, ctx, identity
 
 
 def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
