@@ -114,7 +114,7 @@ class Connection:
         self._send_now: Callable[[Any], int] = concurrency.nonblocking_sender(sock)
         #: Under gevent, frames wait in the outbox until this greenlet yields.
         self._coalesce = self._lock is _NO_LOCK
-        self._outbox: Optional[List[bytes]] = None
+        self._outbox: Union[None, bytes, List[bytes]] = None
         self._outbox_bytes = 0
         self._close_sent = False
         self._shutdown_when_flushed = False
@@ -177,11 +177,16 @@ class Connection:
             # K broadcasts costs each socket one syscall, not K.
             outbox = self._outbox
             if outbox is None:
-                self._outbox = [frame]
+                # The frame itself, not a list: a broadcast to N sockets allocates no
+                # container per socket (containers are what wakes the cycle collector).
+                self._outbox = frame
                 self._outbox_bytes = len(frame)
                 _FLUSHER.add(self)
             else:
-                outbox.append(frame)
+                if isinstance(outbox, list):
+                    outbox.append(frame)
+                else:
+                    self._outbox = [outbox, frame]
                 self._outbox_bytes += len(frame)
                 if self._outbox_bytes >= _OUTBOX_MAX:
                     self._flush_outbox()  # a long burst: write now, memory stays bounded
@@ -215,12 +220,13 @@ class Connection:
         if pending is None:
             return
         self._outbox = None
+        data = b"".join(pending) if isinstance(pending, list) else pending
         self._outbox_bytes = 0
         if self._queue is not None:  # pragma: no cover - frames reach the outbox only without
-            self._queue.extend(pending)  # a queue; kept for safety
-            self._queued += sum(len(f) for f in pending)
+            self._queue.append(data)  # a queue; kept for safety
+            self._queued += len(data)
             return
-        self._write_now(pending[0] if len(pending) == 1 else b"".join(pending))
+        self._write_now(data)
         if self._shutdown_when_flushed and self._queue is None:
             self._shutdown()
 
