@@ -133,9 +133,7 @@ def create_app():
 
     @app.post("/_test/ask")
     def ask():
-        # From an HTTP request, not from the client's own handler: the server reads a
-        # client's messages in order, so a handler waiting on that client never sees
-        # the reply.
+        # From an HTTP request: the server asks a client that did not ask first.
         body = request.get_json()
         ns = ws.get_namespace(body["path"])
         if ns is None:
