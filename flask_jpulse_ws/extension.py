@@ -120,9 +120,6 @@ class AppState:
             raise ValueError(f"No namespace matches {path!r}: declare it with ws.namespace()")
         return match[0]
 
-    def _check_path(self, path: str) -> None:
-        self._template_of(path)
-
     def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int:
         """Local clients first (no relay round trip), then every other process."""
         template = self._template_of(path)
@@ -184,7 +181,7 @@ class AppState:
     def send_to_client(self, path: str, client_id: str, data: Dict[str, Any],
                        ctx: Any = None) -> bool:
         """True when the client is local; otherwise the relay carries it."""
-        self._check_path(path)
+        self._template_of(path)
         wire = envelope.wire_ctx(ctx, self.settings.wire_ctx_fields)
         payload = envelope.encode_success(data, wire)
         if self.deliver_to_client(path, client_id, payload, data.get("type", "")):
@@ -304,7 +301,7 @@ class AppState:
         import os
         import socket
 
-        from .relay import iso
+        from .stats import iso
         live = [(path, len(ns.clients)) for path, ns in tuple(self.registry.live.items())]
         return {
             "instanceId": self.relay.host_id, "pid": os.getpid(),

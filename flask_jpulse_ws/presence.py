@@ -23,7 +23,8 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Type
 
 from . import concurrency, envelope, frames
-from .relay import iso, presence_keys
+from .relay import presence_keys
+from .stats import iso
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection

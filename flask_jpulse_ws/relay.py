@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import socket
-import time
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 from urllib.parse import quote, unquote
@@ -130,10 +129,6 @@ def encode_op(host_id: str, op: str, fields: Dict[str, Any]) -> bytes:
         message[key] = value.decode("utf-8") if isinstance(value, (bytes, bytearray)) \
             else value
     return envelope.encode_json(message)
-
-
-def iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 def merge_instances(rows: Iterable[Dict[str, Any]]) -> Dict[str, Any]:

@@ -37,3 +37,33 @@ def redis_server():
     srv = RedisServer().start()
     yield srv
     srv.stop()
+
+
+#: tests/apps/browser_app.py, shared by the browser tests and the Python client's tests:
+#: pings every 0.5 s, a generous pong timeout (idle pages may be throttled).
+BROWSER_APP = "browser_app:create_app()"
+BROWSER_SETTINGS = {"JPULSE_WS_PING_INTERVAL": 0.5, "JPULSE_WS_PONG_TIMEOUT": 10}
+
+
+@pytest.fixture(scope="module")
+def app_server():
+    """tests/apps/browser_app.py under gunicorn -k gevent, shared by the module."""
+    srv = GunicornServer(app=BROWSER_APP, settings=BROWSER_SETTINGS).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def own_server():
+    """``own_server(port=None)``: a browser_app server a test may kill, restart on the
+    same port, or freeze; all stopped at the test's end."""
+    started = []
+
+    def make(port=None):
+        srv = GunicornServer(app=BROWSER_APP, settings=BROWSER_SETTINGS, port=port).start()
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()

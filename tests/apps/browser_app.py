@@ -7,11 +7,10 @@ so a test can prove that a client stopped trying. Settings come from ``JPULSE_WS
 environment variables (JSON values), as in core_app.
 """
 
-import json
-import os
 import threading
 import time
 
+from _env import settings_from_env
 from flask import Flask, jsonify, render_template_string, request
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
@@ -71,9 +70,7 @@ class User(UserMixin):
 def create_app():
     app = Flask(__name__)
     app.secret_key = "browser-test-secret"
-    for key, value in os.environ.items():
-        if key.startswith("JPULSE_WS_"):
-            app.config[key] = json.loads(value)
+    settings_from_env(app)
     login = LoginManager(app)
 
     @login.user_loader

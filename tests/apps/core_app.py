@@ -5,9 +5,9 @@ test module can start a server tuned for what it checks. Test-only HTTP routes
 under /_test/ expose server-side calls (broadcast, stats, logout...).
 """
 
-import json
 import os
 
+from _env import settings_from_env
 from flask import Flask, jsonify, request
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
@@ -38,9 +38,7 @@ class User(UserMixin):
 def create_app():
     app = Flask(__name__)
     app.secret_key = "test-secret"
-    for key, value in os.environ.items():
-        if key.startswith("JPULSE_WS_"):
-            app.config[key] = json.loads(value)
+    settings_from_env(app)
     login = LoginManager(app)
 
     @login.user_loader

@@ -5,15 +5,11 @@ import signal
 from contextlib import contextmanager
 
 import pytest
-from servers import GunicornServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
-APP = "browser_app:create_app()"
-#: Server pings every 0.5 s; a generous pong timeout, as idle pages may be throttled.
-SETTINGS = {"JPULSE_WS_PING_INTERVAL": 0.5, "JPULSE_WS_PONG_TIMEOUT": 10}
 
 
 @pytest.fixture(scope="module")
@@ -27,29 +23,6 @@ def browser():
                                      args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-@pytest.fixture(scope="module")
-def app_server():
-    """tests/apps/browser_app.py under gunicorn -k gevent, shared by the module."""
-    srv = GunicornServer(app=APP, settings=SETTINGS).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def own_server():
-    """A server a test may kill, restart on the same port, or freeze."""
-    started = []
-
-    def make(port=None):
-        srv = GunicornServer(app=APP, settings=SETTINGS, port=port).start()
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in started:
-        srv.stop()
 
 
 @pytest.fixture

@@ -12,13 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from servers import ROOT, GunicornServer, wait_for
+from servers import ROOT, wait_for
 
 from flask_jpulse_ws import client as ws_client
 from flask_jpulse_ws.client import connect, get_connections
 
-APP = "browser_app:create_app()"
-SETTINGS = {"JPULSE_WS_PING_INTERVAL": 0.5, "JPULSE_WS_PONG_TIMEOUT": 10}
 #: Short intervals so reconnect scenarios take a second, not a minute.
 FAST = {"reconnect_base_interval": 0.2, "reconnect_max_interval": 1.0,
         "max_reconnect_attempts": 20}
@@ -28,27 +26,6 @@ UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 def room(name):
     return f"/api/1/ws/room/{name}"
-
-
-@pytest.fixture(scope="module")
-def app_server():
-    srv = GunicornServer(app=APP, settings=SETTINGS).start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def own_server():
-    started = []
-
-    def make(port=None):
-        srv = GunicornServer(app=APP, settings=SETTINGS, port=port).start()
-        started.append(srv)
-        return srv
-
-    yield make
-    for srv in started:
-        srv.stop()
 
 
 @pytest.fixture
