@@ -133,14 +133,22 @@ def test_notes_created_edited_and_moved_show_for_the_other(pair):
     # Her own echoes never rewrote what she was typing.
     assert mine.locator("textarea").input_value() == "Remember the milk, and the bread"
     bar = mine.locator(".note-bar").bounding_box()
-    before = note.bounding_box()
+    before = mine.bounding_box()
+    # New notes land at a random spot; drag towards the side with room, since the board
+    # clamps a note at its edges.
+    board = alice.locator("#notes-board").bounding_box()
+    dx = 100 if before["x"] < board["x"] + board["width"] / 2 else -100
     alice.mouse.move(bar["x"] + 60, bar["y"] + 8)
     alice.mouse.down()
-    alice.mouse.move(bar["x"] + 160, bar["y"] + 80, steps=8)
+    alice.mouse.move(bar["x"] + 60 + dx, bar["y"] + 80, steps=8)
     alice.mouse.up()
+    after = mine.bounding_box()
+    assert abs(after["x"] - before["x"]) > 50
+    # The other page shows the note where alice dropped it.
     guest.wait_for_function(
-        "([id, x]) => document.querySelector(`.note[data-id='${id}']`)"
-        ".getBoundingClientRect().x > x + 50", arg=[nid, before["x"]])
+        "([id, x]) => Math.abs(document.querySelector(`.note[data-id='${id}']`)"
+        ".getBoundingClientRect().x - document.querySelector('#notes-board')"
+        ".getBoundingClientRect().x - x) < 1", arg=[nid, after["x"] - board["x"]])
     assert "200, 230, 201" in note.evaluate("n => getComputedStyle(n).backgroundColor")
     shot(guest, "demo-notes")
     guest.click(f".note[data-id='{nid}'] .note-bar button")
