@@ -16,6 +16,7 @@ from .health import HealthScheduler, expire
 from .history import MemoryHistory
 from .namespace import Namespace, NamespaceTemplate, OnCreate, Registry
 from .relay import MemoryRelay, Relay
+from .remote_request import RemoteRequests
 from .stats import ActivityLog
 
 __all__ = ["JPulseWS", "AppState"]
@@ -46,6 +47,7 @@ class AppState:
         self.open_connections = 0
         self.health = HealthScheduler(self)
         self.relay: Relay = self._make_relay()
+        self.remote_requests = RemoteRequests(self)
         self._presence: Any = None
         self._history: Any = None
         self._started = False
@@ -191,6 +193,16 @@ class AppState:
                                type=data.get("type", ""))
         return False
 
+    def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
+                ctx: Any = None) -> Dict[str, Any]:
+        """Ask one client, on whichever process holds it, and wait for its reply."""
+        self._template_of(path)
+        ns = self.registry.live.get(path)
+        conn = ns.clients.get(client_id) if ns is not None else None
+        if conn is not None:
+            return conn.request(data, timeout, ctx)
+        return self.remote_requests.ask(path, client_id, data, timeout, ctx)
+
     def deliver_to_client(self, path: str, client_id: str, payload: bytes,
                           msg_type: str = "") -> bool:
         ns = self.registry.live.get(path)
@@ -272,6 +284,10 @@ class AppState:
             self.presence.apply_remote(message)
         elif op == "resync":  # a process dropped messages for these paths (Redis outage)
             self.resync_paths(message.get("paths"), "relay-gap")
+        elif op == "request":  # a server request for a client that may be held here
+            self.remote_requests.on_request(message)
+        elif op == "reply":  # the answer to a request this process may have made
+            self.remote_requests.on_reply(message)
         else:
             log.warning("ignoring relayed operation %r", op)
 
@@ -291,6 +307,8 @@ class AppState:
             "namespaces": namespaces,
             "activityLog": self.activity.entries(now),
         }
+        if self.relay.distributed:
+            out["remoteRequests"] = self.remote_requests.status()
         if cluster:  # every process sharing the relay: per-instance rows plus totals
             out["cluster"] = self.relay.cluster_stats()
         return out
@@ -464,6 +482,13 @@ class JPulseWS:
                        ctx: Any = None) -> bool:
         """Send to one client of a concrete path; True when it is local."""
         return self._state().send_to_client(path, client_id, data, ctx)
+
+    def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
+                ctx: Any = None) -> Dict[str, Any]:
+        """Ask one client of a concrete path, on whichever process holds it; blocks the
+        calling greenlet. Returns the reply frame or an error dict (never raises):
+        ``NOT_CONNECTED``, ``REQUEST_TIMEOUT`` or ``CONNECTION_LOST``."""
+        return self._state().request(path, client_id, data, timeout, ctx)
 
     def broadcast_context(self, request: Any = None) -> Context:
         """The context of the HTTP caller, for broadcasts made from REST handlers."""

@@ -128,11 +128,7 @@ class NamespaceTemplate:
     def request(self, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
                 ctx: Any = None) -> Dict[str, Any]:
         """Ask one client and wait for its reply (see :meth:`Namespace.request`)."""
-        ns = self._ext.get_namespace(self._concrete_path(ctx))
-        if ns is None:
-            return {"success": False, "error": "Client not connected",
-                    "code": "NOT_CONNECTED"}
-        return ns.request(client_id, data, timeout, ctx)
+        return self._ext.request(self._concrete_path(ctx), client_id, data, timeout, ctx)
 
     def get_stats(self, ctx: Any = None) -> Optional[Dict[str, Any]]:
         """Stats of the concrete namespace; ``None`` for a pattern without ``ctx``."""
@@ -216,15 +212,12 @@ class Namespace:
 
     def request(self, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
                 ctx: Any = None) -> Dict[str, Any]:
-        """Ask one local client; returns its reply or an error dict (never raises).
+        """Ask one client, on whichever process holds it; returns its reply or an
+        error dict (never raises).
 
         Codes: ``NOT_CONNECTED``, ``REQUEST_TIMEOUT``, ``CONNECTION_LOST``.
         """
-        conn = self.clients.get(client_id)
-        if conn is None:
-            return {"success": False, "error": "Client not connected",
-                    "code": "NOT_CONNECTED"}
-        return conn.request(data, timeout, ctx)
+        return self.state.request(self.path, client_id, data, timeout, ctx)
 
     def get_stats(self) -> Dict[str, Any]:
         s = self.state.settings

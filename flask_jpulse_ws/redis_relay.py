@@ -52,6 +52,8 @@ MAX_GAP_PATHS = 1000
 MAX_PENDING_REVOKES = 10000
 
 _NO_RETRY = Retry(NoBackoff(), 0)  # a retried PUBLISH could deliver twice
+#: Server requests to another process and their replies (``remote_request``).
+_POINT_TO_POINT_OPS = frozenset({"request", "reply"})
 
 
 def check_cooperative() -> None:
@@ -134,6 +136,8 @@ class RedisRelay(Relay):
 
     def _drop(self, op: str, path: Optional[str], fields: Dict[str, Any]) -> None:
         self.dropped += 1
+        if op in _POINT_TO_POINT_OPS:
+            return  # the one caller waiting on it sees an error: nothing to resync
         if op == "revoke":
             if len(self._pending_revokes) < MAX_PENDING_REVOKES:
                 self._pending_revokes.add(str(fields.get("token")))

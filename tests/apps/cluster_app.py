@@ -29,6 +29,11 @@ def create_app():
             local = conn.namespace.send_to_client(msg["to"], {"type": "dm",
                                                               "data": msg.get("data")})
             conn.reply({"local": local, "pid": os.getpid()})
+        elif msg["type"] == "ask":  # ask a client that may be held by another worker
+            result = conn.namespace.request(msg["to"], {"type": "question",
+                                                        "data": msg.get("data")},
+                                            timeout=msg.get("timeout", 5), ctx=conn.ctx)
+            conn.reply({"result": result, "pid": os.getpid()})
         elif msg["type"] == "relay":  # this worker's relay status (degraded, counters)
             conn.reply(state.relay.status())
 
@@ -51,6 +56,13 @@ def create_app():
     @app.get("/_test/cluster-stats")
     def cluster_stats():
         return jsonify(ws.get_stats(cluster=True))
+
+    @app.post("/_test/ask")
+    def ask():
+        body = request.get_json()
+        result = ws.request(body["path"], body["clientId"], body["data"],
+                            timeout=body.get("timeout", 5))
+        return jsonify(result=result, pid=os.getpid())
 
     @app.post("/_test/broadcast-pid")
     def broadcast_pid():

@@ -156,6 +156,80 @@ def test_send_to_client_held_by_another_worker(cluster):
         close_all(clients)
 
 
+def reply_to(client, request_id, timeout=5.0):
+    """The reply frame to ``client``'s message ``request_id`` (other frames skipped)."""
+    return client.ws.receive(timeout=timeout, match=lambda m: m.get("requestId") == request_id)
+
+
+def answer_question(client, reply):
+    """Wait for the server's question to ``client`` and answer it with ``reply``."""
+    question = client.ws.receive(type="question")
+    assert question["requestId"]
+    client.ws.send({**reply, "requestId": question["requestId"]})
+    return question["data"]
+
+
+@pytest.mark.cluster
+def test_request_to_a_client_held_by_another_worker(cluster):
+    """``ns.request`` reaches a client on another worker; its reply, or its error
+    reply, comes back to the asking handler."""
+    clients = open_spread(cluster, 9)
+    try:
+        a = clients[0]
+        b = next(c for c in clients if c.pid != a.pid)
+        a.ws.send({"type": "ask", "to": b.client_id, "data": {"q": 1}, "requestId": "r1"})
+        question = answer_question(b, {"type": "answer", "v": 42})
+        assert question["data"] == {"q": 1}
+        answer = reply_to(a, "r1")
+        assert answer["data"]["pid"] == a.pid != b.pid
+        result = answer["data"]["result"]
+        assert result["success"] is True and result["data"]["v"] == 42
+        a.ws.send({"type": "ask", "to": b.client_id, "requestId": "r2"})
+        answer_question(b, {"success": False, "error": "no way", "code": "NOPE"})
+        result = reply_to(a, "r2")["data"]["result"]
+        assert (result["success"], result["code"], result["error"]) == (False, "NOPE", "no way")
+        # From a REST handler, on whichever worker takes it.
+        http = cluster.http()
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(http.post, "/_test/ask",
+                                  {"path": NS, "clientId": b.client_id,
+                                   "data": {"type": "question", "data": "rest"}})
+            assert answer_question(b, {"type": "answer", "v": "from-b"})["data"] == "rest"
+            rest = pending.result(timeout=10)
+        assert rest["result"]["success"] is True and rest["result"]["data"]["v"] == "from-b"
+        for other in clients:
+            if other is not b:
+                assert no_more(other, "question")
+    finally:
+        close_all(clients)
+
+
+@pytest.mark.cluster
+def test_request_to_another_worker_fails_cleanly(cluster):
+    """Nobody holds the id: NOT_CONNECTED without waiting the whole timeout; a client
+    that does not answer: REQUEST_TIMEOUT; one that leaves while asked: CONNECTION_LOST."""
+    clients = open_spread(cluster, 9)
+    try:
+        a = clients[0]
+        b = next(c for c in clients if c.pid != a.pid)
+        t0 = time.monotonic()
+        reply = a.request({"type": "ask", "to": "nobody-has-this-id", "timeout": 20},
+                          timeout=15)["data"]
+        assert reply["result"]["code"] == "NOT_CONNECTED"
+        assert time.monotonic() - t0 < 10  # the accept wait, not the 20 s timeout
+        reply = a.request({"type": "ask", "to": b.client_id, "timeout": 0.5})["data"]
+        assert reply["result"]["code"] == "REQUEST_TIMEOUT"
+        b.ws.receive(type="question")  # it was asked, and kept quiet
+        a.ws.send({"type": "ask", "to": b.client_id, "timeout": 10, "requestId": "r3"})
+        b.ws.receive(type="question")
+        b.ws.close()
+        result = reply_to(a, "r3", timeout=8)["data"]["result"]
+        assert result["code"] == "CONNECTION_LOST"
+        assert a.request({"type": "whoami"})["data"]["pid"] == a.pid  # a is unaffected
+    finally:
+        close_all(clients)
+
+
 @pytest.mark.cluster
 def test_rest_broadcast_to_a_room_with_no_local_member(cluster):
     """A REST broadcast on a worker that never saw the room reaches its members."""
@@ -306,6 +380,11 @@ def test_redis_outage_keeps_local_delivery_and_resyncs():
             send()
         for c in local:
             assert frames_of(c, "seq", 20) == list(range(10, 30))
+        # A request to a client on another worker cannot travel: it fails at once.
+        t0 = time.monotonic()
+        asked = sender.request({"type": "ask", "to": remote[0].client_id, "timeout": 5})
+        assert asked["data"]["result"]["code"] == "NOT_CONNECTED"
+        assert time.monotonic() - t0 < 1.5, "waited for an accept that could not come"
 
         redis = RedisServer(port=redis.port).start()
         restarted = time.monotonic()

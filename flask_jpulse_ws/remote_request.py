@@ -1,0 +1,144 @@
+"""Server requests to a client held by another process, over the relay.
+
+``ns.request(client_id, ...)`` asks a local client directly. When the client is not
+local and the relay is distributed, the asking process publishes a ``request``
+operation; the process that holds the client answers at once with an ``accepted``
+reply (so "nobody holds it" is known within :data:`ACCEPT_TIMEOUT`, not after the whole
+timeout), asks its client, and publishes the result addressed to the asking process.
+
+Requests and replies are point-to-point: a lost one shows up as an error for the one
+caller waiting on it, so the relay never turns their loss into a ``_resync``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any, Dict
+
+from . import concurrency, envelope
+from .errors import ErrorCode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .extension import AppState
+
+__all__ = ["RemoteRequests", "ACCEPT_TIMEOUT", "MAX_WAITING", "MAX_SERVING"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+#: Seconds the asking process waits for the holder's ``accepted``: a relay round trip
+#: takes milliseconds, so silence this long means no process holds the client.
+ACCEPT_TIMEOUT = 2.0
+#: Seconds past the timeout the asker keeps waiting: the holder times out first and
+#: its REQUEST_TIMEOUT (or a reply that came just in time) still has to travel.
+REPLY_GRACE = 1.0
+#: Requests this process may have waiting on other processes, and requests from other
+#: processes it may be serving; beyond them a request fails at once instead of growing.
+MAX_WAITING = 10000
+MAX_SERVING = 10000
+
+
+def _error(message: str, code: str) -> Dict[str, Any]:
+    return {"success": False, "error": message, "code": code}
+
+
+class _Waiter:
+    __slots__ = ("accepted", "result")
+
+    def __init__(self) -> None:
+        self.accepted = concurrency.Event()
+        self.result = concurrency.AsyncResult()
+
+
+class RemoteRequests:
+    """Both sides of cross-process server requests for one app."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._waiting: Dict[str, _Waiter] = {}
+        self.serving = 0
+        self.asked = 0
+        self.served = 0
+        self.not_found = 0
+
+    # ------------------------------------------------------------------ asking side
+    def ask(self, path: str, client_id: str, data: Dict[str, Any], timeout: float,
+            ctx: Any) -> Dict[str, Any]:
+        """Ask a client held by another process; same results as ``conn.request``."""
+        relay = self.state.relay
+        if not relay.distributed:
+            return _error("Client not connected", ErrorCode.NOT_CONNECTED)
+        if len(self._waiting) >= MAX_WAITING:
+            return _error("Too many requests to other processes are waiting",
+                          ErrorCode.NOT_CONNECTED)
+        rid = uuid.uuid4().hex
+        waiter = self._waiting[rid] = _Waiter()
+        self.asked += 1
+        try:
+            wire = envelope.wire_ctx(ctx, self.state.settings.wire_ctx_fields)
+            relay.publish("request", path=path, clientId=client_id, requestId=rid,
+                          data=dict(data), ctx=wire, timeout=timeout)
+            if relay.degraded:  # the publish was dropped: nobody will answer
+                return _error("Client not connected here, and the relay is unavailable",
+                              ErrorCode.NOT_CONNECTED)
+            start = concurrency.monotonic()
+            if not waiter.accepted.wait(min(timeout, ACCEPT_TIMEOUT)):
+                self.not_found += 1
+                return _error("Client not connected", ErrorCode.NOT_CONNECTED)
+            left = timeout - (concurrency.monotonic() - start) + REPLY_GRACE
+            if not waiter.result.wait(max(0.0, left)):
+                return {**_error(f"No reply within {timeout} s", ErrorCode.REQUEST_TIMEOUT),
+                        "requestId": rid}
+            return waiter.result.value  # type: ignore[no-any-return]
+        finally:
+            self._waiting.pop(rid, None)
+
+    def on_reply(self, message: Dict[str, Any]) -> None:
+        """A ``reply`` operation: ours when addressed to this process's host id."""
+        if message.get("to") != self.state.relay.host_id:
+            return
+        waiter = self._waiting.get(str(message.get("requestId")))
+        if waiter is None:
+            return  # the asker gave up already
+        waiter.accepted.set()
+        result = message.get("result")
+        if isinstance(result, dict):
+            waiter.result.set(result)
+
+    # ------------------------------------------------------------------ holding side
+    def on_request(self, message: Dict[str, Any]) -> None:
+        """A ``request`` operation: serve it when this process holds the client."""
+        ns = self.state.registry.live.get(str(message.get("path")))
+        conn = ns.clients.get(str(message.get("clientId"))) if ns is not None else None
+        if conn is None or not conn.open:
+            return  # another process holds it, or nobody: the asker's accept wait ends
+        if self.serving >= MAX_SERVING:
+            log.warning("refusing a relayed request: %d already being served", self.serving)
+            return
+        data = message.get("data")
+        if not isinstance(data, dict):
+            return
+        self.serving += 1
+        # The subscriber must not wait for a client: the request runs in its own task.
+        concurrency.spawn(self._serve, conn, data, message)
+
+    def _serve(self, conn: Any, data: Dict[str, Any], message: Dict[str, Any]) -> None:
+        relay = self.state.relay
+        route = {"to": message.get("host"), "requestId": message.get("requestId")}
+        try:
+            relay.publish("reply", accepted=True, **route)
+            try:
+                timeout = max(0.0, float(message.get("timeout", 30.0)))
+            except (TypeError, ValueError):
+                timeout = 30.0
+            result = conn.request(data, timeout, message.get("ctx") or None)
+            relay.publish("reply", result=result, **route)
+            self.served += 1
+        except Exception:  # a relayed request must never take the process down
+            log.exception("could not serve a relayed request to %s", conn.namespace.path)
+        finally:
+            self.serving -= 1
+
+    def status(self) -> Dict[str, int]:
+        return {"waiting": len(self._waiting), "serving": self.serving,
+                "asked": self.asked, "served": self.served, "notFound": self.not_found}
