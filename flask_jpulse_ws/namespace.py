@@ -179,6 +179,14 @@ class Namespace:
         self.stats.drop(reason)
         self.state.total_dropped += 1
 
+    def count_sent(self, deliveries: int, now: float) -> None:
+        """Count deliveries without an activity-log entry (the dashboard's own pushes)."""
+        self.stats.message(now, deliveries)
+
+    def messages_per_second(self, now: float, seconds: int) -> List[int]:
+        """Messages in each of the last ``seconds`` seconds, oldest first."""
+        return self.stats.rate.per_second(now, seconds)
+
     def record_sent(self, msg_type: str, deliveries: int, username: str = "",
                     text: Union[None, str, bytes] = None) -> None:
         now = time.time()
