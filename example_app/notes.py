@@ -219,8 +219,8 @@ def make_store(app: Flask) -> Any:
     max_notes = int(app.config["HELLO_NOTES_MAX"])
     url = app.config.get("JPULSE_WS_REDIS_URL")
     if url:
-        import redis
-        client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        from flask_jpulse_ws import redis_client  # the same URL forms, Sentinel too
+        client = redis_client(url, socket_timeout=5, socket_connect_timeout=5)
         return RedisNotesStore(client, app.config["HELLO_REDIS_PREFIX"], max_notes)
     with app.app_context():
         return SqlNotesStore(db.engine, max_notes)

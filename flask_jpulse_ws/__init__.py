@@ -20,8 +20,9 @@ from .emitter import Emitter
 from .errors import CloseCode, ErrorCode, WSError
 from .extension import JPulseWS
 from .namespace import Namespace, NamespaceTemplate
+from .redis_connect import redis_client
 
 __all__ = ["JPulseWS", "Namespace", "NamespaceTemplate", "Connection", "Context",
-           "WSError", "CloseCode", "ErrorCode", "Emitter", "__version__"]
+           "WSError", "CloseCode", "ErrorCode", "Emitter", "redis_client", "__version__"]
 
 __version__ = "0.1.0"

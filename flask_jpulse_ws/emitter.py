@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any, Dict, Sequence
 
-import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import envelope
 from .paths import validate_path
+from .redis_connect import redis_client
 from .relay import encode_op, new_host_id, relay_channel
 
 __all__ = ["Emitter"]
@@ -35,7 +35,8 @@ class Emitter:
     publish raises ``redis.RedisError`` (never retried here: a retry could deliver
     twice; the caller decides, e.g. with Celery's own retry).
 
-    :param redis_url: the servers' ``JPULSE_WS_REDIS_URL``.
+    :param redis_url: the servers' ``JPULSE_WS_REDIS_URL`` (``redis://``, ``rediss://``,
+        ``unix://`` or ``redis+sentinel://``).
     :param channel_prefix: the servers' ``JPULSE_WS_CHANNEL_PREFIX``.
     :param wire_ctx_fields: the servers' ``JPULSE_WS_WIRE_CTX_FIELDS``.
     """
@@ -46,9 +47,9 @@ class Emitter:
         self.channel = relay_channel(channel_prefix)
         self.host_id = new_host_id("emitter")
         self.wire_ctx_fields = tuple(wire_ctx_fields)
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=timeout,
-                                           socket_connect_timeout=timeout,
-                                           retry=Retry(NoBackoff(), 0))
+        self._redis = redis_client(redis_url, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout,
+                                   retry=Retry(NoBackoff(), 0))
 
     def _publish(self, op: str, **fields: Any) -> int:
         return int(self._redis.publish(self.channel, encode_op(self.host_id, op, fields)))

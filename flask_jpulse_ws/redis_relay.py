@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import concurrency, envelope
+from .redis_connect import redis_client
 from .relay import Relay, encode_op, instances_key, merge_instances, relay_channel, stats_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,7 +83,7 @@ class RedisRelay(Relay):
         self.url = str(s.redis_url)
         self.prefix = s.channel_prefix
         self.channel = relay_channel(self.prefix)
-        self._pub = redis.Redis.from_url(self.url, socket_timeout=PUBLISH_TIMEOUT,
+        self._pub = redis_client(self.url, socket_timeout=PUBLISH_TIMEOUT,
                                          socket_connect_timeout=CONNECT_TIMEOUT,
                                          retry=_NO_RETRY)
         self._first_attempt: Any = None
@@ -154,7 +155,7 @@ class RedisRelay(Relay):
         while not self._stopped:
             client = pubsub = None
             try:
-                client = redis.Redis.from_url(self.url, socket_timeout=SUBSCRIBER_TIMEOUT,
+                client = redis_client(self.url, socket_timeout=SUBSCRIBER_TIMEOUT,
                                               socket_connect_timeout=CONNECT_TIMEOUT,
                                               health_check_interval=HEALTH_CHECK_INTERVAL,
                                               retry=_NO_RETRY)

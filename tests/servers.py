@@ -19,7 +19,7 @@ import time
 import urllib.request
 from http.cookiejar import CookieJar
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -185,8 +185,9 @@ class GunicornServer:
 class RedisServer:
     """A private ``redis-server`` on a free port, that tests may stop and restart."""
 
-    def __init__(self, port: Optional[int] = None) -> None:
+    def __init__(self, port: Optional[int] = None, args: Sequence[str] = ()) -> None:
         self.port = port or free_port()
+        self.args = list(args)  # e.g. ["--replicaof", "127.0.0.1", "6400"]
         self.dir = tempfile.mkdtemp(prefix="redis-")
         self.proc: Optional[subprocess.Popen] = None
 
@@ -200,7 +201,7 @@ class RedisServer:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+             "--appendonly", "no", "--dir", self.dir, *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for(lambda: _port_open(self.port), timeout=10, message="redis-server")
         return self
@@ -210,6 +211,44 @@ class RedisServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(5)
         self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.proc = None
+
+
+class SentinelServer:
+    """A private Redis Sentinel watching one master, tuned to fail over in seconds."""
+
+    def __init__(self, master_port: int, service: str = "jpulse",
+                 down_after_ms: int = 1000) -> None:
+        self.port = free_port()
+        self.service = service
+        self.dir = tempfile.mkdtemp(prefix="sentinel-")
+        self.conf = Path(self.dir) / "sentinel.conf"  # sentinel rewrites it: a file of its own
+        self.conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 10000\n")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/{db}"
+
+    def start(self) -> SentinelServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen([exe, str(self.conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: _port_open(self.port), timeout=10, message="redis sentinel")
+        return self
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

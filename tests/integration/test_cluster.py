@@ -13,7 +13,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from servers import ROOT, GunicornServer, RedisServer, wait_for
+import redis as redis_py
+from servers import ROOT, GunicornServer, RedisServer, SentinelServer, wait_for
 
 from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
 
@@ -437,6 +438,70 @@ def test_redis_outage_keeps_local_delivery_and_resyncs():
         close_all(clients)
         server.stop()
         redis.stop()
+
+
+def _sentinel_master_port(sentinel):
+    with redis_py.Redis(port=sentinel.port, socket_timeout=2) as r:
+        return int(r.sentinel_get_master_addr_by_name(sentinel.service)[1])
+
+
+@pytest.mark.cluster
+def test_relay_follows_a_sentinel_failover():
+    """``redis+sentinel://``: relaying works through the master Sentinel names, and after
+    the master is SIGKILLed and Sentinel promotes the replica, it resumes with a
+    ``_resync`` to every client, nothing twice, no worker lost."""
+    master = RedisServer().start()
+    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    sentinel = SentinelServer(master.port).start()
+    server = None
+    clients = []
+    try:
+        def replica_known():
+            with redis_py.Redis(port=sentinel.port, socket_timeout=2) as r:
+                return len(r.sentinel_slaves(sentinel.service)) == 1
+        wait_for(replica_known, timeout=15, message="sentinel sees the replica")
+        server = start_cluster(sentinel.url())
+        clients = open_spread(server, 9)
+        sender = clients[0]
+        remote = [c for c in clients if c.pid != sender.pid]
+        for i in range(5):
+            sender.request({"type": "seq", "data": i})  # its own copies are skipped
+        for c in clients[1:]:
+            assert frames_of(c, "seq", 5) == list(range(5))
+
+        master.kill()
+        wait_for(lambda: _sentinel_master_port(sentinel) == replica.port, timeout=30,
+                 interval=0.2, message="sentinel promoted the replica")
+        received = {id(c): [] for c in remote}
+        resynced = set()
+        seq = 5
+
+        def resumed():
+            nonlocal seq
+            sender.request({"type": "seq", "data": seq})
+            seq += 1
+            for c in remote:
+                for m in c.ws.receive_all(timeout=0.005):
+                    if m["data"]["type"] == "_resync":
+                        resynced.add(id(c))
+                    elif m["data"]["type"] == "seq":
+                        received[id(c)].append(m["data"]["data"])
+            return all(received[id(c)] for c in remote)
+
+        wait_for(resumed, timeout=20, interval=0.1, message="relaying resumed after failover")
+        for c in remote:
+            got = received[id(c)]
+            assert got == sorted(set(got)), "duplicate or out of order"
+            assert id(c) in resynced or c.ws.receive(type="_resync", timeout=3)
+        status = sender.request({"type": "relay"})["data"]
+        assert status["degraded"] is False and status["outages"] >= 1
+        assert len(set(server.worker_pids())) == WORKERS
+    finally:
+        close_all(clients)
+        if server is not None:
+            server.stop()
+        for proc in (sentinel, replica, master):
+            proc.stop()
 
 
 @pytest.mark.cluster
