@@ -144,7 +144,7 @@ class AppState:
                 from .redis_history import RedisHistory
                 self._history = RedisHistory(self.relay)  # type: ignore[arg-type]
             else:
-                self._history = MemoryHistory()
+                self._history = MemoryHistory(self.settings.max_namespaces)
         return self._history
 
     def _broadcast_with_history(self, template: NamespaceTemplate, path: str,
@@ -157,8 +157,8 @@ class AppState:
                                    template.history_ttl, msg_type):
                 return len(ns.clients) if ns is not None else 0
             return self.deliver_broadcast(path, payload, msg_type)  # no offset: resync covers
-        if ns is None:
-            return 0  # nobody here to deliver to, nobody who could catch up later
+        if ns is None and not self.history.has_stream(path):
+            return 0  # nobody here now or within the TTL: nobody who could catch up
         frame_json, (epoch, offset) = self.history.append(
             path, payload, template.history_size, template.history_ttl)
         return self.deliver_history(path, frame_json, epoch, offset, msg_type)
@@ -245,9 +245,8 @@ class AppState:
         return self.presence.stats(path) if stats else self.presence.members(path)
 
     def sweep_namespaces(self) -> None:
-        for path in self.registry.sweep_empty(time.monotonic(), self.settings.dynamic_grace):
-            if self._history is not None:
-                self._history.drop(path)
+        # A swept room's history stays for its TTL: its clients may still come back.
+        self.registry.sweep_empty(time.monotonic(), self.settings.dynamic_grace)
 
     # ---------------------------------------------------------------- sessions
     def revoke_session(self, token: Any, _relay: bool = True) -> int:

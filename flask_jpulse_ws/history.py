@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, List, Optional, Tuple
+from typing import Deque, List, Optional, Tuple
 
 __all__ = ["Position", "with_position", "parse_since", "new_epoch", "MemoryHistory",
            "DEFAULT_TTL"]
@@ -46,38 +46,53 @@ def parse_since(value: Optional[str]) -> Optional[Position]:
 
 @dataclass
 class _Stream:
+    ttl: float
+    used: float = field(default_factory=time.time)  # creation or last append
     epoch: str = field(default_factory=new_epoch)
     offset: int = 0
     entries: Deque[Tuple[int, float, bytes]] = field(default_factory=deque)
 
 
 class MemoryHistory:
-    """Streams for one process (no Redis): offsets are assigned here, in order."""
+    """Streams for one process (no Redis): offsets are assigned here, in order.
 
-    def __init__(self) -> None:
-        self._streams: Dict[str, _Stream] = {}
+    As in Redis, a stream outlives its namespace: it goes when nothing was appended for
+    its TTL (a client away that long could not be given everything anyway), and the
+    least recently used goes first when there are more than ``max_streams``.
+    """
+
+    def __init__(self, max_streams: int = 10000) -> None:
+        self._streams: OrderedDict[str, _Stream] = OrderedDict()  # least recent first
+        self.max_streams = max_streams
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def has_stream(self, path: str) -> bool:
+        self._expire(time.time())
+        return path in self._streams
 
     def append(self, path: str, frame_json: bytes, size: int, ttl: float) -> Tuple[bytes, Position]:
         """Store one broadcast; return its frame (with position) and the position."""
-        stream = self._streams.get(path)
-        if stream is None:
-            stream = self._streams[path] = _Stream()
+        now = time.time()
+        stream = self._stream(path, ttl, now)
+        stream.used = now
+        self._streams.move_to_end(path)
         stream.offset += 1
         frame = with_position(frame_json, stream.offset, stream.epoch)
-        stream.entries.append((stream.offset, time.time(), frame))
+        stream.entries.append((stream.offset, now, frame))
         while len(stream.entries) > size:
             stream.entries.popleft()
         return frame, (stream.epoch, stream.offset)
 
     def position(self, path: str, ttl: float = 0) -> Position:
         """The stream's epoch and last offset (a new stream starts at 0)."""
-        stream = self._streams.get(path)
-        if stream is None:
-            stream = self._streams[path] = _Stream()
+        stream = self._stream(path, ttl, time.time())
         return stream.epoch, stream.offset
 
     def since(self, path: str, since: Position, ttl: float) -> Optional[List[Tuple[int, bytes]]]:
         """Every frame after ``since``, in order; ``None`` if any of them is gone."""
+        self._expire(time.time())
         stream = self._streams.get(path)
         if stream is None or stream.epoch != since[0] or since[1] > stream.offset:
             return None
@@ -96,3 +111,20 @@ class MemoryHistory:
     def drop(self, path: str) -> None:
         """Forget a stream (its namespace was removed): the next one has a new epoch."""
         self._streams.pop(path, None)
+
+    def _stream(self, path: str, ttl: float, now: float) -> _Stream:
+        self._expire(now)
+        stream = self._streams.get(path)
+        if stream is None:
+            stream = self._streams[path] = _Stream(ttl=ttl or DEFAULT_TTL, used=now)
+            while len(self._streams) > self.max_streams:
+                self._streams.popitem(last=False)
+        return stream
+
+    def _expire(self, now: float) -> None:
+        # Oldest use first: stop at the first stream still within its TTL.
+        while self._streams:
+            path, stream = next(iter(self._streams.items()))
+            if now - stream.used <= stream.ttl:
+                return
+            del self._streams[path]

@@ -42,13 +42,6 @@ def handle_message(conn: Connection, payload: bytes) -> None:
     if msg_type == "_ping":  # framework heartbeat: answered, never counted as a message
         conn.send_raw_json(envelope.encode_framework("_pong", {"t": message.get("t")}))
         return
-    if msg_type == "_presence":  # "who is here?", answered by the framework
-        if ns.template.has_presence:
-            ns.state.presence.handle_request(conn, rid)
-        else:
-            conn.send_raw_json(envelope.encode_error(
-                "This namespace has no presence", ErrorCode.INVALID, None, rid))
-        return
     decision = conn.rate().check(concurrency.monotonic(), rid is not None)
     if not decision.allowed:
         limits = ns.limits
@@ -58,6 +51,14 @@ def handle_message(conn: Connection, payload: bytes) -> None:
                 f"Rate limit exceeded: {limits.max_messages} messages per "
                 f"{limits.interval_ms} ms", ErrorCode.RATE_LIMIT_EXCEEDED, details, rid,
                 payload, notify=decision.notify)
+        return
+    if msg_type == "_presence":  # "who is here?": answered by the framework, but it
+        # costs a member list (and a Redis read), so it counts against the rate window
+        if ns.template.has_presence:
+            ns.state.presence.handle_request(conn, rid)
+        else:
+            _reject(conn, "invalid", "This namespace has no presence", ErrorCode.INVALID,
+                    None, rid, payload)
         return
     username = conn.ctx.username
     message["username"] = username  # clients cannot speak as someone else

@@ -155,6 +155,22 @@ def test_non_presence_namespace_has_no_presence_flag(single):
     c.close()
 
 
+def test_presence_requests_count_against_the_rate_window(single):
+    """``_presence`` costs a member list: a flood of them is rate limited like any
+    message (50 per second by default), and the connection stays usable."""
+    c = WSTestClient(single.ws_url(room("presence-flood")))
+    c.receive(type="connected")
+    for i in range(60):
+        c.send({"type": "_presence", "requestId": f"p{i}"})
+    replies = [c.receive(match=lambda m, i=i: m.get("requestId") == f"p{i}")
+               for i in range(60)]
+    limited = [r for r in replies if r.get("code") == "RATE_LIMIT_EXCEEDED"]
+    answered = [r for r in replies if r.get("success") is True]
+    assert len(answered) == 50 and len(limited) == 10
+    assert all("members" in r["data"] for r in answered)
+    c.close()
+
+
 def test_python_client_keeps_its_member_map_in_step(single):
     """The Python client loads the members after the welcome and follows the batches."""
     path = room("python-client")
