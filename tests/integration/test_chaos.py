@@ -266,10 +266,9 @@ def test_garbage_on_the_relay_channel_neither_stops_the_relay_nor_reaches_client
 def test_a_relayed_revoke_without_a_token_closes_no_anonymous_socket(make_server, redis_server):
     """``{"op": "revoke", "token": null}`` on the relay must revoke nothing.
 
-    Known bug (kept failing on purpose): ``apply_remote`` passes the null token on to
-    ``revoke_session``, which matches every socket whose ``session_token`` is None, i.e.
-    every anonymous connection, and closes them all 4401 "Session expired" on every
-    worker. The local logout path guards with ``if token:``; the relay path does not.
+    Regression test: ``revoke_session`` once matched every socket whose
+    ``session_token`` is None (every anonymous connection) and closed them all 4401 on
+    every worker. It now ignores a token that is not a non-empty string.
     """
     import redis as redis_py
 
