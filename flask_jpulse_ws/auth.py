@@ -129,6 +129,21 @@ def ensure_session_token(*_args: Any, **_kwargs: Any) -> None:
     session[SESSION_TOKEN_KEY] = secrets.token_urlsafe(16)
 
 
+def adopt_session() -> None:
+    """``before_request``: name a logged-in browser session that has no token yet.
+
+    Sessions logged in before the extension was installed (or by code that sent no
+    flask-login signal) would otherwise have no token: logout could not find their
+    sockets, and two of them would count as one identity. Upgrade requests are
+    skipped: a 101 response cannot carry the new cookie.
+    """
+    from flask import request, session
+    if request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
+        return
+    if "_user_id" in session and SESSION_TOKEN_KEY not in session:  # flask-login's key
+        session[SESSION_TOKEN_KEY] = secrets.token_urlsafe(16)
+
+
 def identity_of(ctx: Context, token: Optional[str], user_agent: str) -> tuple:
     """Who owns a client id: (user id, session token), or (IP, User-Agent) if anonymous."""
     if ctx.user_id is not None:

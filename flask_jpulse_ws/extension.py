@@ -405,6 +405,7 @@ class JPulseWS:
         except ImportError:  # pragma: no cover - flask-login is a dependency
             return
         user_logged_in.connect(auth.ensure_session_token, app, weak=False)
+        app.before_request(auth.adopt_session)
         user_loaded_from_cookie.connect(auth.ensure_session_token, app, weak=False)
 
         def revoke(sender: Any, **_kw: Any) -> None:

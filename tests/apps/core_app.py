@@ -8,7 +8,7 @@ under /_test/ expose server-side calls (broadcast, stats, logout...).
 import os
 
 from _env import settings_from_env
-from flask import Flask, jsonify, request
+from flask import Flask, jsonify, request, session
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
 from flask_jpulse_ws import Context, JPulseWS, WSError
@@ -130,6 +130,13 @@ def create_app():
     @app.post("/_test/login/<name>")
     def do_login(name):
         login_user(User(name))
+        return "ok"
+
+    @app.post("/_test/login-without-signal/<name>")
+    def login_without_signal(name):
+        # What a session logged in before the extension was installed looks like.
+        session["_user_id"] = name
+        session["_fresh"] = True
         return "ok"
 
     @app.post("/_test/logout")

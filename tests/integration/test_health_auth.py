@@ -48,6 +48,24 @@ def test_logout_in_an_http_request_closes_that_sessions_socket_4401(server):
     keep.close()
 
 
+def test_a_session_logged_in_without_the_signal_gets_a_token_and_logout_works(server):
+    """A session logged in before the extension was there has no token; its next HTTP
+    request gets one, so logout closes its sockets and not another session's."""
+    http, other = server.http(), server.http()
+    for session in (http, other):
+        session.post("/_test/login-without-signal/bob")
+        session.get("/_test/stats")  # any HTTP request names the session
+    c = WSTestClient(server.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
+    keep = WSTestClient(server.ws_url("/api/1/ws/secure"),
+                        headers={"Cookie": other.cookie_header()})
+    c.receive(type="connected")
+    keep.receive(type="connected")
+    http.post("/_test/logout")
+    assert c.wait_closed() == 4401
+    assert keep.request({"type": "x"})["data"] == {"username": "bob"}
+    keep.close()
+
+
 def test_logout_also_closes_sockets_of_public_namespaces_opened_by_that_session(server):
     http = login(server, "bob")
     c = WSTestClient(server.ws_url("/api/1/ws/echo"), headers={"Cookie": http.cookie_header()})
