@@ -77,6 +77,32 @@ def test_slow_consumer_is_closed_4503_while_50_others_receive_everything_in_orde
         c.close()
 
 
+def test_a_slow_consumer_that_reads_again_sees_whole_frames_then_4503(make_server):
+    """Past the outbound limit the queue is dropped and a 4503 close frame follows the
+    frame already on the wire; a reader that resumes within JPULSE_WS_CLOSE_TIMEOUT
+    finds whole frames in order, then that close code. (One that never resumes is cut
+    after the timeout: 1006, as in the test above.)"""
+    srv = make_server(settings={"JPULSE_WS_MAX_QUEUE_BYTES": 512 * 1024,
+                                "JPULSE_WS_CLOSE_TIMEOUT": 30})
+    path = "/api/1/ws/open-rooms/resumes"
+    with WSTestClient(srv.ws_url(path)) as slow:
+        slow.receive(type="connected")
+        for _ in range(30):  # 30 x 400 KB: far more than the socket buffers hold
+            burst(srv, path, 20, size=20000)
+            if srv.http().get(f"/_test/namespace?path={path}")["dropped"]["slowConsumer"]:
+                break
+        assert srv.http().get(f"/_test/namespace?path={path}")["dropped"]["slowConsumer"] == 1
+        seen = 0
+        try:
+            while True:
+                frame = slow.receive(type="burst", timeout=10)
+                assert frame["data"]["data"]["seq"] == seen % 20
+                seen += 1
+        except ConnectionClosedError as exc:
+            assert exc.code == 4503
+        assert seen > 0
+
+
 def test_slow_reader_gets_128_frames_of_64_kib_intact(make_server):
     srv = make_server(settings={"JPULSE_WS_MAX_QUEUE_BYTES": 16 * 1024 * 1024})
     path = "/api/1/ws/open-rooms/big"
