@@ -151,12 +151,27 @@
     }
   }
 
+  // Broadcasts that arrive while the list is being fetched may be newer than the
+  // list: keep them and apply them again on top of it.
+  let arrivedDuringLoad = null;
+
   async function loadTodos() {
+    const arrived = arrivedDuringLoad = [];
     const result = await api('GET', API);
+    if (arrivedDuringLoad === arrived) arrivedDuringLoad = null;
     if (!result.success) return showError('todo-error', result.error);
     todos.clear();
     result.data.forEach((t) => todos.set(t.id, t));
+    arrived.forEach(applyTodoEvent);
     renderTodos();
+  }
+
+  function applyTodoEvent(msg) {
+    const d = msg.data || {};
+    if (msg.type === 'todo-created' || msg.type === 'todo-updated') todos.set(d.todo.id, d.todo);
+    else if (msg.type === 'todo-deleted') todos.delete(d.todoId);
+    else return false;
+    return true;
   }
 
   $('#todo-form').addEventListener('submit', async (event) => {
@@ -172,12 +187,8 @@
 
   todoWs.onMessage((frame) => {
     if (!frame.success) return;
-    const msg = frame.data;
-    const d = msg.data || {};
-    if (msg.type === 'todo-created' || msg.type === 'todo-updated') todos.set(d.todo.id, d.todo);
-    else if (msg.type === 'todo-deleted') todos.delete(d.todoId);
-    else return;
-    renderTodos();
+    if (arrivedDuringLoad) arrivedDuringLoad.push(frame.data);
+    if (applyTodoEvent(frame.data)) renderTodos();
   });
   // Messages sent while we were away are not replayed: fetch the list again.
   todoWs.onResync(loadTodos);
@@ -326,8 +337,17 @@
       function drop() {
         document.removeEventListener('mousemove', move);
         document.removeEventListener('mouseup', drop);
-        n.dragging = false;
-        notesWs.request({type: 'note-update', data: {id: n.note.id, x: pos.x, y: pos.y}}).then(report);
+        // Echoes of the live moves may still be on their way: they all come before the
+        // reply to this request, so keep ignoring positions until it arrives.
+        notesWs.request({type: 'note-update', data: {id: n.note.id, x: pos.x, y: pos.y}})
+          .then((result) => {
+            n.dragging = false;
+            if (!result.success) { // refused (or lost): show where the server has it
+              n.node.style.left = n.note.x + 'px';
+              n.node.style.top = n.note.y + 'px';
+            }
+            report(result);
+          });
       }
       document.addEventListener('mousemove', move);
       document.addEventListener('mouseup', drop);
