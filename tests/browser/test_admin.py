@@ -95,9 +95,12 @@ def test_a_presence_namespace_card_shows_clients_and_users_from_presence(
     alice.wait_for_function("() => document.querySelector('#room-count').textContent "
                             "=== '2 people here'")
     card = dash.locator(".jw-card[data-path='/api/1/ws/hello-rooms/berlin']")
-    dash.wait_for_function("() => { const c = document.querySelector(\".jw-card[data-path="
-                           "'/api/1/ws/hello-rooms/berlin'] .jw-users\"); "
-                           "return c && c.textContent === '2'; }")
+    # alice's page counts 2 people as soon as she and the guest are in; her second tab
+    # may join a moment later, after a dashboard tick showing 2 clients: wait for both.
+    dash.wait_for_function("() => { const q = (s) => document.querySelector(\".jw-card"
+                           "[data-path='/api/1/ws/hello-rooms/berlin'] \" + s); "
+                           "const u = q('.jw-users'), c = q('.jw-clients'); "
+                           "return u && c && u.textContent === '2' && c.textContent === '3'; }")
     assert card.locator(".jw-clients").text_content() == "3"
     labels = card.locator("dt").all_text_contents()
     assert labels[:3] == ["Clients (presence)", "Users (presence)", "Clients here"]
