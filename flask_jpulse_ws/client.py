@@ -4,7 +4,9 @@ One reader (a thread, or a greenlet when ``socket`` is monkey-patched by gevent)
 per connection does everything that is not a call from the application: the
 handshake, reading frames, the ``_ping``/``_pong`` heartbeat, the backoff between
 attempts. Writes from any thread go through one lock and ``sendall``, so frames
-never interleave. Statuses and close codes follow protocol.md sections 3 and 6::
+never interleave. ``wss://`` runs TLS in memory (``_tls.py``), so the reader and the
+writers never share an OpenSSL call. Statuses and close codes follow protocol.md
+sections 3 and 6::
 
     from flask_jpulse_ws.client import connect
 
@@ -33,6 +35,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 
 from . import concurrency, frames
+from ._tls import TLSSocket
 
 __all__ = [
     "connect", "get_connections", "WSClient", "close_action", "apply_presence",
@@ -135,12 +138,16 @@ class WSClient:
                  reconnect_base_interval: float = 5.0, reconnect_max_interval: float = 30.0,
                  max_reconnect_attempts: int = 10, ping_interval: float = 30.0,
                  pong_timeout: float = 5.0, request_timeout: float = 10.0,
-                 client_id: Optional[str] = None) -> None:
+                 client_id: Optional[str] = None,
+                 ssl_context: Optional[ssl.SSLContext] = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise ValueError(f"connect() takes a ws:// or wss:// URL, got {url!r}")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError("ssl_context must be an ssl.SSLContext")
         self.url = url
         self._parts = parts
+        self._ssl_context = ssl_context  # None: the default, made on first use
         self._headers = dict(headers or {})
         if cookies:
             cookie = cookies if isinstance(cookies, str) else "; ".join(
@@ -362,21 +369,23 @@ class WSClient:
         handshake_timeout = max(HANDSHAKE_FLOOR, self.ping_interval + self.pong_timeout)
         deadline = time.monotonic() + handshake_timeout
         self._welcomed_this_socket = False
-        sock = None
+        sock: Any = None
         try:
             host, port, target, secure = self._socket_url()
             sock = socket.create_connection((host, port), timeout=handshake_timeout)
             if secure:
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                sock = TLSSocket(sock, self._tls_context(), server_hostname=host)
             with self._lock:
                 if generation != self._generation:
                     sock.close()
                     return 1000, False
-                self._sock = sock
+                self._sock = sock  # from here disconnect() can cut a slow handshake short
+            if secure:
+                sock.do_handshake(deadline)
             rest = self._handshake(sock, host, port, target, deadline)
             # The writer is a second handle on the same socket with its own timeout, so
             # the reader's short waits never cut a sendall in the middle of a frame.
-            writer = sock.dup() if not secure else sock
+            writer = sock.dup()
             writer.settimeout(max(HANDSHAKE_FLOOR, self.pong_timeout * 2))
             with self._lock:
                 if generation != self._generation:
@@ -386,11 +395,22 @@ class WSClient:
             code = 1006  # not reached: the loop only ends by raising
         except _SocketEndedError as end:
             code = end.code
+        except ssl.SSLError as exc:
+            # An untrusted certificate, a wrong host name, not TLS at all: retried like
+            # 1006, as a browser does, but the log says why.
+            log.warning("TLS with %s failed: %s", self.url, exc)
+            code = 1006
         except (OSError, ValueError, frames.ProtocolError) as exc:
             log.debug("socket to %s ended: %r", self.url, exc)
             code = 1006
         self._drop_socket(sock)
         return code, self._welcomed_this_socket
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            # Kept for later attempts: loading the system's CA store is not free.
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
 
     def _drop_socket(self, sock: Any) -> None:
         with self._lock:
@@ -770,6 +790,7 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
             max_reconnect_attempts: int = 10, ping_interval: float = 30.0,
             pong_timeout: float = 5.0, request_timeout: float = 10.0,
             client_id: Optional[str] = None,
+            ssl_context: Optional[ssl.SSLContext] = None,
             on_status_change: Optional[StatusCallback] = None,
             on_message: Optional[MessageCallback] = None,
             on_resync: Optional[ResyncCallback] = None,
@@ -787,6 +808,9 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
     :param pong_timeout: a ``_pong`` must follow each ``_ping`` within this.
     :param request_timeout: default :meth:`WSClient.request` timeout.
     :param client_id: a canonical UUID to start with (default: a new one).
+    :param ssl_context: for ``wss://``: the :class:`ssl.SSLContext` that checks the
+        server (a private CA, a client certificate); default
+        :func:`ssl.create_default_context`, which verifies the certificate and host name.
     :param on_status_change: registered before the reader starts, so it sees every
         status; callbacks added later with the methods see what happens from then on
         (the reader runs concurrently, unlike a page's single thread).
@@ -805,7 +829,8 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
                       reconnect_max_interval=reconnect_max_interval,
                       max_reconnect_attempts=max_reconnect_attempts,
                       ping_interval=ping_interval, pong_timeout=pong_timeout,
-                      request_timeout=request_timeout, client_id=client_id)
+                      request_timeout=request_timeout, client_id=client_id,
+                      ssl_context=ssl_context)
     if on_status_change is not None:
         client.on_status_change(on_status_change)
     if on_message is not None:

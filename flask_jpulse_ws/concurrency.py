@@ -8,12 +8,15 @@ is made once, at first use, from whether ``socket`` is monkey-patched.
 from __future__ import annotations
 
 import socket
+import ssl
+import sys
 import threading
 import time
 from typing import Any, Callable, Optional
 
 __all__ = ["using_gevent", "spawn", "spawn_later", "sleep", "Event", "Lock",
-           "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon"]
+           "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon", "is_tls",
+           "WriteStarted"]
 
 _gevent: Optional[bool] = None
 monotonic = time.monotonic
@@ -54,13 +57,28 @@ def spawn_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     return t
 
 
+def is_tls(sock: Any) -> bool:
+    """True for a TLS socket (``gunicorn --certfile``, ``flask run --cert``): the stdlib's
+    or gevent's ``SSLSocket``, whose ``_sock`` is the raw TCP socket under the TLS layer."""
+    return isinstance(sock, ssl.SSLSocket) or _is_gevent_tls(sock)
+
+
+def _is_gevent_tls(sock: Any) -> bool:
+    gevent_ssl = sys.modules.get("gevent.ssl")
+    return gevent_ssl is not None and isinstance(sock, gevent_ssl.SSLSocket)
+
+
 def receiver(sock: Any, size: int) -> Callable[[], bytes]:
     """``recv()`` for a reader that has just handled what it read.
 
     gevent's ``recv`` tries the socket first and waits only when that fails;
     right after handling a message the next one has almost never arrived, so
     every message would cost a failed system call. This waits first, then reads.
+    Not for TLS: the raw socket carries ciphertext, and decrypted bytes may already
+    wait in the TLS layer with nothing left to read on the raw socket.
     """
+    if is_tls(sock):
+        return lambda: sock.recv(size)  # type: ignore[no-any-return]
     wait = getattr(sock, "_wait", None)
     event = getattr(sock, "_read_event", None)
     raw = getattr(sock, "_sock", None)
@@ -135,9 +153,54 @@ def nonblocking_sender(sock: Any) -> Callable[[Any], int]:
     Under gevent the real socket behind the cooperative one is already
     non-blocking, so its bound ``send`` is used directly (no wrapper on the hot
     path); under threads ``MSG_DONTWAIT`` makes each call non-blocking.
+
+    A TLS socket is written through its TLS layer (its raw socket would put plaintext
+    on the wire): see :func:`_tls_sender`.
     """
+    if is_tls(sock):
+        return _tls_sender(sock)
     raw = getattr(sock, "_sock", None) if using_gevent() else None
     if raw is not None:
         return raw.send  # type: ignore[no-any-return]
     send = sock.send
     return lambda data: send(data, _DONTWAIT)  # type: ignore[no-any-return]
+
+
+class WriteStarted(BlockingIOError):  # noqa: N818 - a signal, as BlockingIOError is
+    """No byte counts as sent, yet the TLS layer holds the start of the buffer: the next
+    write must begin with the same bytes, so they stay at the head of the queue."""
+
+
+#: Bytes handed to OpenSSL per write. When the socket fills in the middle of a write,
+#: OpenSSL keeps what it took and must be handed at least as many of the same bytes
+#: again; the connection's writer (``sendall``, 1 MiB chunks under gevent) always does.
+_TLS_PIECE = 16384
+
+
+def _tls_sender(sock: Any) -> Callable[[Any], int]:
+    """``send`` for a TLS socket: under gevent its raw socket is non-blocking, so the SSL
+    object writes what the kernel takes now and raises ``SSLWantWriteError`` for the
+    rest. Under threads the socket blocks and is read by another thread: nothing is
+    written here, everything goes to the connection's writer."""
+    if not (using_gevent() and _is_gevent_tls(sock)):
+        return _refuse_send
+
+    def send(data: Any) -> int:
+        sslobj = sock._sslobj
+        if sslobj is None:  # gevent's SSLSocket drops it on shutdown()
+            raise BrokenPipeError("TLS socket shut down")
+        view = memoryview(data)
+        sent = 0
+        try:
+            while sent < len(view):
+                sent += sslobj.write(view[sent:sent + _TLS_PIECE])
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            if not sent:
+                raise WriteStarted("TLS write started") from None
+        return sent
+
+    return send
+
+
+def _refuse_send(data: Any) -> int:
+    raise BlockingIOError("TLS under threads: written by the connection's writer")

@@ -199,8 +199,11 @@ class Connection:
 
     def _write_now(self, data: bytes) -> bool:
         """Write what the kernel takes; queue the rest for the writer task."""
+        started = False
         try:
             sent = self._send_now(data)
+        except concurrency.WriteStarted:
+            sent, started = 0, True  # TLS: the head is partly taken, like a partial write
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
@@ -210,7 +213,7 @@ class Connection:
             return True  # the common case: the kernel took it all, no copy, no switch
         self._queue = deque((memoryview(data)[sent:],))
         self._queued = len(data) - sent
-        self._head_partial = sent > 0
+        self._head_partial = sent > 0 or started
         concurrency.spawn(self._write_queued)
         return True
 

@@ -141,9 +141,10 @@ def create_app():
     @app.post("/_test/burst")
     def burst():
         body = request.get_json()
+        pad = {"pad": "x" * body["pad"]} if body.get("pad") else {}  # large frames
         for seq in range(body["count"]):
             ws.broadcast(body["path"], {"type": "tick", "data": {"seq": body.get("start", 0)
-                                                                  + seq}})
+                                                                  + seq, **pad}})
         return jsonify(sent=body["count"])
 
     @app.get("/_test/upgrades")
