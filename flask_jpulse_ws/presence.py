@@ -309,7 +309,9 @@ class PresenceTracker:
             self._store(outgoing)
             for path, batch in outgoing.items():
                 relay.publish("presence", path=path, **batch.to_wire())
-            if concurrency.monotonic() >= self._next_refresh:
+            # Refresh on the last tick before it is due, not the first after: the
+            # period stays at most TTL/3 even when TTL/3 is not a multiple of a tick.
+            if concurrency.monotonic() + self.batch_interval > self._next_refresh:
                 self._refresh()
         with self._lock:
             pending, self._pending = self._pending, {}
