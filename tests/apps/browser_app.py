@@ -3,8 +3,9 @@
 ``/`` is a page that loads the browser client with ``{{ jpulse_ws_script() }}`` and
 a small recorder, ``window.T``, that Playwright drives through ``page.evaluate``.
 ``/_test/upgrades?path=...`` counts the WebSocket upgrade requests a path received,
-so a test can prove that a client stopped trying. Settings come from ``JPULSE_WS_*``
-environment variables (JSON values), as in core_app.
+so a test can prove that a client stopped trying; ``/_test/resync`` and ``/_test/cut``
+push a ``_resync`` and cut a socket without a close frame. Settings come from
+``JPULSE_WS_*`` environment variables (JSON values), as in core_app.
 """
 
 import threading
@@ -146,6 +147,23 @@ def create_app():
             ws.broadcast(body["path"], {"type": "tick", "data": {"seq": body.get("start", 0)
                                                                   + seq, **pad}})
         return jsonify(sent=body["count"])
+
+    @app.post("/_test/resync")
+    def resync():
+        """``_resync`` to every client of this process, as after a relay gap."""
+        body = request.get_json()
+        return jsonify(sent=app.extensions["jpulse_ws"].resync_all(body["reason"]))
+
+    @app.post("/_test/cut")
+    def cut():
+        """Cut a client's TCP connection without a close frame (a network failure)."""
+        body = request.get_json()
+        ns = ws.get_namespace(body["path"])
+        conn = ns.clients.get(body["clientId"]) if ns else None
+        if conn is None:
+            return jsonify(cut=False)
+        conn.terminate(None)
+        return jsonify(cut=True)
 
     @app.get("/_test/upgrades")
     def upgrades():

@@ -36,6 +36,8 @@ def create_app():
             conn.reply({"result": result, "pid": os.getpid()})
         elif msg["type"] == "relay":  # this worker's relay status (degraded, counters)
             conn.reply(state.relay.status())
+        elif msg["type"] == "stats":  # the same, through the public ws.get_stats()
+            conn.reply(ws.get_stats()["relay"])
 
     def on_connect(conn):
         # Hold this worker's loop (no yield) for a moment, so that clients opened in

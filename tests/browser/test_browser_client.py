@@ -241,3 +241,24 @@ def test_get_connections_lists_live_handles(app_server, open_page):
     page.evaluate("p => T.handles[p].disconnect()", a)
     assert page.evaluate("() => jPulse.ws.getConnections()") == [b]
     wait_for(lambda: upgrades(app_server, b) == 1, message="one upgrade for b")
+
+
+def test_server_resync_frame_calls_on_resync_and_never_on_message(app_server, open_page):
+    """A ``_resync`` pushed on an open socket (no reconnect): onResync gets its reason,
+    onMessage never sees it, and the status stays `connected`."""
+    page = open_page(app_server)
+    path = room("resync")
+    page.evaluate("([p, o]) => T.open(p, o)", [path, FAST])
+    wait_status(page, path, "connected")
+    assert app_server.http().post("/_test/resync", {"reason": "relay-gap"})["sent"] >= 1
+    page.wait_for_function("p => T.log[p].resyncs.length === 1", arg=path)
+    # A broadcast after it does reach onMessage: had the _resync gone there, it would
+    # be ahead of this one (one socket, in order).
+    page.evaluate("p => T.handles[p].send({type: 'broadcast', data: 'after'})", path)
+    page.wait_for_function("p => T.log[p].messages.length >= 1", arg=path)
+    rec = log(page, path)
+    assert rec["resyncs"] == ["relay-gap"]
+    assert [(m["data"]["type"], m["data"]["data"]) for m in rec["messages"]] == \
+        [("broadcast", "after")]
+    assert rec["statuses"] == ["connecting", "connected"]
+    assert upgrades(app_server, path) == 1

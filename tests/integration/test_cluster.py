@@ -95,9 +95,10 @@ def collect(client, counts, timeout=5.0):
     return got
 
 
-def no_more(client, msg_type):
-    """Nothing of ``msg_type`` is left for ``client``: its own marker broadcast (sent
-    after, relayed in order) arrives before any such frame."""
+def no_more(client, *msg_types):
+    """Nothing of ``msg_types`` is left for ``client``: its own marker broadcast (sent
+    after, relayed in order) arrives before any such frame. Other clients' markers
+    are skipped."""
     marker = f"marker-{time.monotonic_ns()}"
     client.ws.send({"type": "seq", "data": marker})
     while True:
@@ -106,7 +107,7 @@ def no_more(client, msg_type):
             continue
         if data.get("type") == "seq" and data["data"] == marker:
             return True
-        if data.get("type") == msg_type and not str(data["data"]).startswith("marker-"):
+        if data.get("type") in msg_types and not str(data["data"]).startswith("marker-"):
             return False
 
 
@@ -127,11 +128,14 @@ def test_broadcast_reaches_every_client_once_in_order(cluster):
             got = frames_of(c, "seq", 20 * WORKERS)
             for pid in senders:
                 assert [i for p, i in got if p == pid] == list(range(20)), (c.pid, pid)
+        # Nothing twice: no client has a late copy of any of them (frames_of below
+        # would skip one silently).
+        assert [c.pid for c in clients if not no_more(c, "seq")] == []
         # A REST burst from whichever worker takes the request: same guarantee.
         cluster.http().post("/_test/burst", {"path": NS, "count": 50})
         for c in clients:
             assert [d["seq"] for d in frames_of(c, "burst", 50)] == list(range(50))
-        assert no_more(clients[0], "seq")
+        assert [c.pid for c in clients if not no_more(c, "seq", "burst")] == []
     finally:
         close_all(clients)
 
@@ -377,6 +381,9 @@ def test_redis_outage_keeps_local_delivery_and_resyncs():
         for c in {c.pid: c for c in clients}.values():  # every worker notices
             wait_for(lambda c=c: c.request({"type": "relay"})["data"]["degraded"],
                      timeout=3, message=f"worker {c.pid} degraded")
+            # ... and says so in its public stats too.
+            assert c.request({"type": "stats"})["data"]["degraded"] is True, c.pid
+        assert server.http().get("/_test/stats")["relay"]["degraded"] is True
         for _ in range(20):
             send()
         for c in local:
@@ -432,6 +439,10 @@ def test_redis_outage_keeps_local_delivery_and_resyncs():
         for c in {c.pid: c for c in clients}.values():
             status = c.request({"type": "relay"})["data"]
             assert status["degraded"] is False and status["outages"] >= 1
+            public = c.request({"type": "stats"})["data"]  # ws.get_stats()["relay"]
+            assert public["degraded"] is False and public["outages"] >= 1, c.pid
+        public = server.http().get("/_test/stats")["relay"]
+        assert public["degraded"] is False and public["outages"] >= 1
         log = server.log()
         assert "Redis relay degraded" in log and "Redis relay restored" in log
     finally:

@@ -6,6 +6,7 @@ test. Clients are opened in parallel; the app holds a worker's loop for 20 ms fo
 first clients of a room, so they spread over the three workers (checked).
 """
 
+import json
 import os
 import signal
 import time
@@ -249,26 +250,91 @@ def test_members_appear_on_every_worker_and_leaving_removes_them(cluster):
 
 @pytest.mark.cluster
 def test_presence_stats_count_users_not_tabs(cluster):
-    """alice with 3 tabs, bob with 2 and one anonymous client: 6 clients, 3 users."""
+    """alice with 3+ tabs on at least two workers, bob with 2 and one anonymous client:
+    every worker counts 3 users, however many tabs."""
     path = room("spread-users")
     sessions = {}
     for name in ("alice", "bob"):
         http = cluster.http()
         http.post(f"/_test/login/{name}")
         sessions[name] = {"Cookie": http.cookie_header()}
-    with ThreadPoolExecutor(6) as pool:
-        clients = list(pool.map(lambda h: Client(cluster, path, h),
-                                [sessions["alice"]] * 3 + [sessions["bob"]] * 2 + [None]))
+
+    def open_parallel(headers):
+        with ThreadPoolExecutor(6) as pool:
+            return list(pool.map(lambda h: Client(cluster, path, h), headers))
+
+    clients = open_parallel([sessions["alice"]] * 3 + [sessions["bob"]] * 2 + [None])
     try:
+        # One user's tabs must be held by different workers, or the count proves
+        # nothing about de-duplication across processes: more tabs until they are.
+        deadline = time.monotonic() + 10
+        while len({c.pid for c in clients[:3]} |
+                  {c.pid for c in clients[6:]}) < 2 and time.monotonic() < deadline:
+            clients += open_parallel([sessions["alice"]] * 3)
+        alice = clients[:3] + clients[6:]
+        assert len({c.pid for c in alice}) >= 2, Counter(c.pid for c in alice)
+        n = len(clients)
         assert Counter(c.request({"type": "whoami"})["data"]["username"]
-                       for c in clients) == {"alice": 3, "bob": 2, "": 1}
+                       for c in clients) == {"alice": len(alice), "bob": 2, "": 1}
         ids_everywhere(clients, {c.client_id for c in clients})
         for c in one_per_worker(clients):
-            assert c.who()["stats"] == {"clients": 6, "users": 3}
+            assert c.who()["stats"] == {"clients": n, "users": 3}
         server_side = cluster.http().get(f"/_test/presence?path={path}")
-        assert server_side["stats"] == {"clients": 6, "users": 3}
+        assert server_side["stats"] == {"clients": n, "users": 3}
         assert sorted(m["username"] for m in server_side["members"]) == \
-            ["", "alice", "alice", "alice", "bob", "bob"]
+            [""] + ["alice"] * len(alice) + ["bob", "bob"]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def _info_of(c, client_id):
+    return next(m["info"] for m in c.who()["members"] if m["clientId"] == client_id)
+
+
+@pytest.mark.cluster
+def test_presence_info_is_limited_to_1_kib_and_reaches_every_worker(cluster):
+    """``set_presence_info``: a 1024-byte info is listed with the member by every worker
+    and announced as ``updated``; 1025 bytes, or not a dict, is refused (BAD_INFO) and
+    leaves the listed info as it was."""
+    clients = open_spread(cluster, room("info"), 3)
+    try:
+        a = clients[0]
+        others = [c for c in one_per_worker(clients) if c.pid != a.pid]
+        ids_everywhere(clients, {c.client_id for c in clients})
+        for c in others:
+            c.drain(2 * BATCH)  # the joins are announced first
+            c.batches.clear()
+        largest = {"p": "x" * 1016}
+        assert len(json.dumps(largest, separators=(",", ":"))) == 1024
+        assert a.request({"type": "info", "data": largest})["data"] == {"ok": True}
+        for c in others:  # on the other workers: in the list and in an `updated` batch
+            wait_for(lambda c=c: _info_of(c, a.client_id) == largest, timeout=5,
+                     interval=0.1, message=f"a's info listed by worker {c.pid}")
+            wait_for(lambda c=c: c.drain(0.2) or a.client_id in c.seen("updated"),
+                     message="updated event")
+            [update] = [m for b in c.batches for m in b.get("updated", ())
+                        if m["clientId"] == a.client_id]
+            assert update["info"] == largest
+        for bad in ({"p": "x" * 1017}, ["not", "a", "dict"], "text"):
+            reply = a.request({"type": "info", "data": bad})
+            assert reply["success"] is False and reply["code"] == "BAD_INFO", reply
+        assert "1024 bytes" in a.request({"type": "info", "data": {"p": "x" * 2000}})["error"]
+        assert _info_of(a, a.client_id) == largest  # its own worker kept the old info
+        # A valid change after the refused ones: once the other workers list it, any
+        # announcement of a refused info would have come before it.
+        back = {"status": "back"}
+        assert a.request({"type": "info", "data": back})["data"] == {"ok": True}
+        for c in others:
+            wait_for(lambda c=c: _info_of(c, a.client_id) == back, timeout=5, interval=0.1,
+                     message=f"a's new info listed by worker {c.pid}")
+            wait_for(lambda c=c: c.drain(0.2) or
+                     {"status": "back"} in [m["info"] for b in c.batches
+                                            for m in b.get("updated", ())],
+                     message="the second updated event")
+            infos = [m["info"] for b in c.batches for m in b.get("updated", ())
+                     if m["clientId"] == a.client_id]
+            assert infos == [largest, back], infos
     finally:
         for c in clients:
             c.close()
