@@ -151,10 +151,18 @@ def identity_of(ctx: Context, token: Optional[str], user_agent: str) -> tuple:
     return ("anon", ctx.ip, user_agent)
 
 
+def _user_loader(app: Any) -> Any:
+    return getattr(getattr(app, "login_manager", None), "_user_callback", None)
+
+
+def can_reload_users(app: Any) -> bool:
+    """True when the app has a flask-login ``user_loader`` to re-validate sessions with."""
+    return _user_loader(app) is not None
+
+
 def reload_user(app: Any, user_id: str) -> Any:
     """Load a user again through flask-login's user loader (None when gone)."""
-    manager = getattr(app, "login_manager", None)
-    loader = getattr(manager, "_user_callback", None)
+    loader = _user_loader(app)
     if loader is None:
         return None
     return loader(user_id)

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from . import concurrency, envelope
-from .auth import reload_user
+from . import auth, concurrency, envelope
 from .errors import CloseCode, ErrorCode
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +66,10 @@ class HealthScheduler:
     def revalidate(self, conns: List[Connection]) -> None:
         """Reload each user once; close 4401 if gone or inactive, 4403 if demoted."""
         app = self.state.app
+        if not auth.can_reload_users(app):
+            # No flask-login user loader (e.g. identities from a ``context_loader``):
+            # nothing to re-validate against, which is not the same as "user gone".
+            return
         users: Dict[str, Optional[Any]] = {}
         with app.app_context():
             for conn in conns:
@@ -74,7 +77,7 @@ class HealthScheduler:
                 assert uid is not None
                 if uid not in users:
                     try:
-                        users[uid] = reload_user(app, uid)
+                        users[uid] = auth.reload_user(app, uid)
                     except Exception:
                         log.exception("user loader failed for %r; keeping the session", uid)
                         users[uid] = _KEEP

@@ -35,6 +35,14 @@ class User(UserMixin):
         return self.id not in INACTIVE
 
 
+def ctx_fields(ctx):
+    """Every server-side field of a context, for tests to compare."""
+    return {"username": ctx.username, "user_id": ctx.user_id, "roles": list(ctx.roles),
+            "first_name": ctx.first_name, "last_name": ctx.last_name,
+            "initials": ctx.initials, "is_public": ctx.is_public, "ip": ctx.ip,
+            "namespace": ctx.namespace}
+
+
 def create_app():
     app = Flask(__name__)
     app.secret_key = "test-secret"
@@ -65,6 +73,12 @@ def create_app():
             return 99
         if room == "explode":
             raise RuntimeError("boom")
+        if room == "returns-true":
+            return True  # a bool is not a close code
+        if room == "returns-text":
+            return "yes"
+        if room == "returns-float":
+            return 4403.0
         if room.startswith("nope"):
             return None
         ctx.extra["room"] = room
@@ -89,6 +103,8 @@ def create_app():
         elif t == "whoami":
             conn.reply({"clientId": conn.client_id, "username": conn.ctx.username,
                         "ip": conn.ctx.ip, "sent_username": msg.get("username")})
+        elif t == "ctx":
+            conn.reply(ctx_fields(conn.ctx))
         elif t == "fail":
             raise WSError("You asked for it", "ASKED", {"why": "test"})
         elif t == "crash":
@@ -149,6 +165,11 @@ def create_app():
         DELETED.add(name)
         return "ok"
 
+    @app.post("/_test/deactivate/<name>")
+    def deactivate(name):
+        INACTIVE.add(name)
+        return "ok"
+
     @app.post("/_test/demote/<name>")
     def demote(name):
         USERS[name]["roles"] = []
@@ -159,6 +180,11 @@ def create_app():
         body = request.get_json()
         n = ws.broadcast(body["path"], body["data"], ws.broadcast_context())
         return jsonify(local=n)
+
+    @app.get("/_test/context")
+    def http_context():
+        """The server-side context ``ws.broadcast_context()`` gives this HTTP caller."""
+        return jsonify(ctx_fields(ws.broadcast_context()))
 
     @app.post("/_test/burst")
     def http_burst():
@@ -201,5 +227,40 @@ def create_app():
         ns = ws.get_namespace(request.args["path"])
         return jsonify(ns.get_stats() if ns else None)
 
-    _ = Context
+    return app
+
+
+def create_loader_app():
+    """No flask-login: identities come from ``JPulseWS(context_loader=...)``, here from
+    an ``X-User`` request header (what an app behind an auth proxy might do)."""
+    app = Flask(__name__)
+    settings_from_env(app)
+
+    def load_context(ip):
+        name = request.headers.get("X-User", "")
+        if not name:
+            return Context(ip=ip)
+        return Context(username=name, ip=ip, roles=("staff",), first_name="Grace",
+                       last_name="Hopper", initials="GH", user_id=name)
+
+    ws = JPulseWS(app, context_loader=load_context)
+    staff = ws.namespace("/api/1/ws/staff", require_roles=["staff"])
+
+    @staff.on_message
+    def on_staff(conn):
+        if conn.message["type"] == "ctx":
+            conn.reply(ctx_fields(conn.ctx))
+        else:
+            staff.broadcast({"type": "said", "data": conn.message.get("data")}, conn.ctx)
+
+    @app.get("/_test/context")
+    def http_context():
+        return jsonify(ctx_fields(ws.broadcast_context()))
+
+    @app.post("/_test/broadcast")
+    def http_broadcast():
+        body = request.get_json()
+        return jsonify(local=ws.broadcast(body["path"], body["data"],
+                                          ws.broadcast_context()))
+
     return app

@@ -93,6 +93,15 @@ def test_on_create_results_become_close_codes(server, room, code):
     assert connect(server, f"/api/1/ws/rooms/{room}").wait_closed() == code
 
 
+@pytest.mark.parametrize("room, result", [("returns-true", "True"), ("returns-text", "'yes'"),
+                                          ("returns-float", "4403.0")])
+def test_on_create_returning_neither_ctx_none_nor_an_int_closes_1011(server, room, result):
+    """``True`` is a bool, not a close code; strings and floats are not ints either."""
+    assert connect(server, f"/api/1/ws/rooms/{room}").wait_closed() == 1011
+    wait_for(lambda: f"on_create of /api/1/ws/rooms/:room returned {result}" in server.log(),
+             message="the log line naming the bad result")
+
+
 def test_refused_rooms_leave_no_namespace_behind(server):
     http = server.http()
     for i in range(5):
@@ -178,6 +187,39 @@ def test_per_ip_cap_closes_4529_and_frees_a_slot_when_one_leaves(make_server):
             c.close()
     wait_for(third_fits, timeout=5, message="a free slot after a client left")
     b.close()
+
+
+def test_total_cap_closes_4529_server_full_and_frees_a_slot_when_one_leaves(make_server):
+    srv = make_server(settings={"JPULSE_WS_MAX_CONNECTIONS": 2})
+    a, b = connect(srv, "/api/1/ws/echo"), connect(srv, "/api/1/ws/open-rooms/x")
+    a.receive(type="connected")
+    b.receive(type="connected")
+    refused = connect(srv, "/api/1/ws/echo")
+    assert refused.wait_closed() == 4529 and refused.close_reason == "Server full"
+    a.close()
+
+    def third_fits():
+        c = connect(srv, "/api/1/ws/echo")
+        try:
+            return c.receive(type="connected", timeout=1)
+        finally:
+            c.close()
+    wait_for(third_fits, timeout=5, message="a free slot after a client left")
+    b.close()
+
+
+def test_caps_are_checked_before_the_namespace_lookup(make_server):
+    """Protocol order: caps (4529) come before the namespace (4404), so a full server
+    answers "retry later" even for a path it does not serve."""
+    srv = make_server(settings={"JPULSE_WS_MAX_CONNECTIONS": 1})
+    with connect(srv, "/api/1/ws/echo") as held:
+        held.receive(type="connected")
+        for path in ("/api/1/ws/nothing-here", "/api/1/ws/rooms/nope", "/api/1/ws/secure"):
+            c = connect(srv, path)
+            assert (c.wait_closed(), c.close_reason) == (4529, "Server full"), path
+    wait_for(lambda: srv.http().get("/_test/stats")["openConnections"] == 0,
+             message="the held connection to be gone")
+    assert connect(srv, "/api/1/ws/nothing-here").wait_closed() == 4404  # under the cap
 
 
 def test_x_forwarded_for_is_ignored_without_trusted_proxies(server):

@@ -10,7 +10,9 @@ import json
 import os
 import socket
 import time
+import urllib.parse
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,7 +26,7 @@ SETTINGS = {"JPULSE_WS_ABUSE_THRESHOLD": 1000, "JPULSE_WS_RATE_MAX_MESSAGES": 10
             "JPULSE_WS_MAX_CONNECTIONS_PER_IP": 100000}
 
 DOCUMENTED_ERRORS = {400, 500, "MESSAGE_TOO_LARGE", "RATE_LIMIT_EXCEEDED", "RESERVED_TYPE",
-                     "NO_REPLY"}
+                     "NO_REPLY", "ASKED"}  # ASKED: the echo app's own WSError ("fail")
 DOCUMENTED_CLOSES = {1000, 1002, 1007, 1008, 1009}
 FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
@@ -47,7 +49,8 @@ def bystander_still_served(server, bystander, tag):
 
 
 def answer_to(server, payload, opcode=frames.OP_TEXT):
-    """Send one frame on a fresh connection; return the error frame or close code."""
+    """Send one frame on a fresh connection, then a follow-up echo request; return the
+    first thing that comes back: ("frame", frame) or ("close", code)."""
     c = WSTestClient(server.ws_url("/api/1/ws/echo"))
     try:
         c.receive(type="connected")
@@ -61,14 +64,59 @@ def answer_to(server, payload, opcode=frames.OP_TEXT):
         c.close()
 
 
-def assert_documented(outcome):
+#: Types the echo namespace of tests/apps/core_app.py (or the framework, for ``_ping``)
+#: answers with a frame of their own.
+ANSWERED_TYPES = {"echo", "whoami", "ctx", "sleep", "broadcast", "ask-me", "_ping",
+                  "fail", "crash"}  # these two answer with an error frame
+
+
+def owed_answer(payload, opcode=frames.OP_TEXT):
+    """What the server owes a fuzzed frame, from the protocol: "1007" (a text frame that
+    is not UTF-8), "error" (not a valid message), "answer" (a valid message its handler
+    answers, or one with a ``requestId``) or "nothing" (a valid message that needs none)."""
+    if opcode == frames.OP_TEXT:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return "1007"
+    try:
+        message = orjson.loads(payload)  # the server's parser: the same verdicts
+    except orjson.JSONDecodeError:
+        return "error"
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str) \
+            or not message["type"]:  # an empty type is refused too (400)
+        return "error"
+    msg_type = message["type"]
+    if msg_type.startswith("_") and msg_type != "_ping":
+        return "error"
+    if msg_type in ANSWERED_TYPES or (isinstance(message.get("requestId"), str)
+                                      and msg_type != "_ping"):
+        return "answer"
+    return "nothing"
+
+
+def assert_documented(outcome, payload, opcode=frames.OP_TEXT):
+    """The first thing after a fuzzed frame is what the protocol says it must be: a
+    documented close, an error frame with a documented code answering the fuzzed frame
+    (never the follow-up), or, only for a valid message, its handler's success frame
+    (or the follow-up's echo when the message needed no answer)."""
     kind, value = outcome
+    owed = owed_answer(payload, opcode)
     if kind == "close":
         assert value in DOCUMENTED_CLOSES, value
-    elif value.get("success") is False:
+        if owed == "1007":
+            assert value == 1007, value
+        return
+    assert owed != "1007", value  # a non-UTF-8 text frame must close the socket
+    if value.get("success") is False:
         assert value["code"] in DOCUMENTED_ERRORS, value
+        assert value.get("requestId") != "after", value  # it answers the fuzzed frame
+        assert owed in ("error", "answer"), (owed, value)
+    elif owed == "answer":
+        assert value.get("requestId") != "after", value  # the handler's answer comes first
     else:
-        assert value.get("requestId") == "after" or "data" in value, value
+        assert owed == "nothing", (owed, value)  # invalid input never gets a success frame
+        assert value.get("requestId") == "after" and value["data"]["type"] == "echo", value
 
 
 json_values = st.recursive(
@@ -81,20 +129,20 @@ json_values = st.recursive(
 @FUZZ
 @given(raw=st.binary(max_size=300))
 def test_arbitrary_bytes_in_text_frames_get_documented_answers(server, bystander, raw):
-    assert_documented(answer_to(server, raw))
+    assert_documented(answer_to(server, raw), raw)
 
 
 @FUZZ
 @given(raw=st.binary(max_size=300))
 def test_arbitrary_bytes_in_binary_frames_get_documented_answers(server, bystander, raw):
-    assert_documented(answer_to(server, raw, frames.OP_BINARY))
+    assert_documented(answer_to(server, raw, frames.OP_BINARY), raw, frames.OP_BINARY)
 
 
 @FUZZ
 @given(value=json_values, msg_type=st.one_of(st.text(max_size=8), st.integers(), st.none()))
 def test_json_of_any_shape_gets_documented_answers(server, bystander, value, msg_type):
-    message = {"type": msg_type, "data": value}
-    assert_documented(answer_to(server, json.dumps(message).encode()))
+    payload = json.dumps({"type": msg_type, "data": value}).encode()
+    assert_documented(answer_to(server, payload), payload)
 
 
 @pytest.mark.parametrize("payload", [
@@ -107,7 +155,7 @@ def test_json_of_any_shape_gets_documented_answers(server, bystander, value, msg
     "{\"type\":\"échø ☃ 𝄞\",\"requestId\":\"u\"}".encode(),
 ])
 def test_pathological_json_gets_documented_answers(server, bystander, payload):
-    assert_documented(answer_to(server, payload))
+    assert_documented(answer_to(server, payload), payload)
     bystander_still_served(server, bystander, payload[:20].hex())
 
 
@@ -141,6 +189,40 @@ def test_fuzzed_handshakes_get_documented_answers(server, bystander, path, uuid,
         assert status in (101, 400, 403, 404, 426), head[:200]
     finally:
         sock.close()
+
+
+#: Real namespaces of tests/apps/core_app.py, literal and pattern prefixes.
+NAMESPACE_PREFIXES = ["/api/1/ws/echo", "/api/1/ws/secure", "/api/1/ws/admin-only",
+                      "/api/1/ws/small", "/api/1/ws/history", "/api/1/ws/rooms/",
+                      "/api/1/ws/hrooms/", "/api/1/ws/open-rooms/"]
+#: Closes a handshake may end in (4418 and 1011 are core_app's on_create refusals).
+HANDSHAKE_CLOSES = {4401, 4403, 4404, 4418, 4529, 1011}
+query_text = st.text(max_size=40) | st.sampled_from(
+    ["", "0b5e6a8e-4c2e-4f57-9d2a-3a0f6b7f2c11", "x:1", "1:2:3", "abc:-1", "1e9:1", ":"])
+
+
+@FUZZ
+@given(prefix=st.sampled_from(NAMESPACE_PREFIXES),
+       suffix=st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126,
+                                             blacklist_characters="#?"), max_size=20),
+       uuid=query_text, since=query_text, same_origin=st.booleans())
+def test_fuzzed_queries_past_the_origin_check_end_in_documented_closes(
+        server, bystander, prefix, suffix, uuid, since, same_origin):
+    """With no Origin or the right one, the upgrade succeeds (101) and whatever follows
+    is the welcome or a documented close, for any path under a real namespace and any
+    ``uuid``/``since`` query."""
+    query = urllib.parse.urlencode({"uuid": uuid, "since": since})
+    headers = {"Origin": f"http://127.0.0.1:{server.port}"} if same_origin else {}
+    c = WSTestClient(server.ws_url(f"{prefix}{suffix}?{query}"), headers=headers)
+    try:
+        first = c.receive()
+    except ConnectionClosedError as exc:
+        assert exc.code in HANDSHAKE_CLOSES, (exc.code, exc.reason)
+    else:
+        assert first["success"] is True and first["data"]["type"] == "connected", first
+        assert first["data"]["data"]["namespace"].startswith(prefix.rstrip("/"))
+    finally:
+        c.close()
 
 
 def test_handshakes_that_never_finish_are_dropped_and_do_not_pile_up(server, bystander):

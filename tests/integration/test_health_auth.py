@@ -88,6 +88,24 @@ def test_user_deleted_between_pings_gets_session_expired_then_4401(make_server):
     assert c.wait_closed() == 4401
 
 
+def test_user_deactivated_between_pings_gets_session_expired_then_4401(make_server):
+    """``is_active`` false on the reloaded user ends the session like a deleted user."""
+    srv = make_server(settings=SETTINGS)
+    http = login(srv, "bob")
+    other = login(srv, "alice")  # another, still active user keeps her socket
+    c = WSTestClient(srv.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
+    keep = WSTestClient(srv.ws_url("/api/1/ws/secure"),
+                        headers={"Cookie": other.cookie_header()})
+    c.receive(type="connected")
+    keep.receive(type="connected")
+    http.post("/_test/deactivate/bob")
+    expired = c.receive(timeout=3)
+    assert expired["success"] is False and expired["code"] == "SESSION_EXPIRED"
+    assert c.wait_closed() == 4401
+    assert keep.request({"type": "x"})["data"] == {"username": "alice"}
+    keep.close()
+
+
 def test_user_who_lost_the_role_is_closed_4403(make_server):
     srv = make_server(settings=SETTINGS)
     http = login(srv, "alice")

@@ -3,7 +3,7 @@
 import pytest
 
 from flask_jpulse_ws import frames
-from flask_jpulse_ws.testing import WSTestClient
+from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
 
 SETTINGS = {"JPULSE_WS_MAX_FRAME_SIZE": 4 * 1024 * 1024,
             "JPULSE_WS_MAX_MESSAGE_SIZE": 8 * 1024 * 1024, "JPULSE_WS_ABUSE_THRESHOLD": 25}
@@ -138,6 +138,24 @@ def test_repeated_violations_close_1008(server):
         for _ in range(30):
             c.send_text(b"garbage")
         assert c.wait_closed() == 1008
+
+
+def test_repeated_rate_limit_violations_close_1008(server):
+    """Well-formed messages over the rate count as abuse too (threshold 25 here); the
+    client is told RATE_LIMIT_EXCEEDED, then closed."""
+    with WSTestClient(server.ws_url("/api/1/ws/small")) as c:  # 3 messages per second
+        c.receive(type="connected")
+        for _ in range(60):
+            c.send({"type": "flood"})
+        answers = []
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                answers.append(c.receive())
+        assert closed.value.code == 1008
+        errors = {a["code"] for a in answers if a["success"] is False}
+        assert errors == {"RATE_LIMIT_EXCEEDED"}  # told, and no other kind of rejection
+    ns = server.http().get("/_test/namespace?path=/api/1/ws/small")
+    assert ns["dropped"]["rateLimit"] >= 25
 
 
 def test_frame_over_the_cap_closes_1009(server):
