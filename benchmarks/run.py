@@ -74,6 +74,10 @@ class Case:
     timeout: float = 300.0
 
 
+#: Seconds between protocol pings in the idle cases, for every peer that has pings.
+IDLE_PING_INTERVAL = "5"
+
+
 def build_cases(quick: bool) -> list[Case]:
     cases: list[Case] = []
     if quick:
@@ -88,7 +92,10 @@ def build_cases(quick: bool) -> list[Case]:
                           dict(n=n, hold=hold, cpu_window=2.0 if quick else 6.0,
                                cleanup_timeout=60.0 if quick else 180.0,
                                settle_timeout=20.0 if quick else 60.0),
-                          fresh=True, timeout=120.0 if quick else 600.0))
+                          fresh=True, timeout=120.0 if quick else 600.0,
+                          # Pings every 5 s (the default is 30 s) so that the hold and
+                          # CPU windows include the health scheduler at work.
+                          env={"BENCH_PING_INTERVAL": IDLE_PING_INTERVAL}))
     for n in fan_ns:
         cases.append(Case(f"fanout-{n}", "fanout", "fanout", n,
                           dict(n=n, duration=d, max_broadcasts=20000)))
