@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -78,7 +78,8 @@ class Case:
 IDLE_PING_INTERVAL = "5"
 
 
-def build_cases(quick: bool) -> list[Case]:
+def build_cases(quick: bool, idle_ping: str = IDLE_PING_INTERVAL,
+                idle_window: Optional[float] = None) -> list[Case]:
     cases: list[Case] = []
     if quick:
         idle_ns, fan_ns, burst_ns = [500], [100, 500], [500]
@@ -89,13 +90,14 @@ def build_cases(quick: bool) -> list[Case]:
     for n in idle_ns:
         hold = 1.0 if quick else 6.0
         cases.append(Case(f"idle-{n}", "idle", "idle", n,
-                          dict(n=n, hold=hold, cpu_window=2.0 if quick else 6.0,
+                          dict(n=n, hold=hold,
+                               cpu_window=idle_window or (2.0 if quick else 6.0),
                                cleanup_timeout=60.0 if quick else 180.0,
                                settle_timeout=20.0 if quick else 60.0),
                           fresh=True, timeout=120.0 if quick else 600.0,
                           # Pings every 5 s (the default is 30 s) so that the hold and
                           # CPU windows include the health scheduler at work.
-                          env={"BENCH_PING_INTERVAL": IDLE_PING_INTERVAL}))
+                          env={"BENCH_PING_INTERVAL": idle_ping}))
     for n in fan_ns:
         cases.append(Case(f"fanout-{n}", "fanout", "fanout", n,
                           dict(n=n, duration=d, max_broadcasts=20000)))
@@ -525,6 +527,13 @@ def write_markdown(path: Path, meta: dict, summary: dict, cases: list[Case], pee
                  f"each case. One gunicorn gevent worker unless stated (xworker: 2 workers + "
                  f"Redis). Ratios are against {PEERS[BASELINE]['label']} and against "
                  f"{PEERS[REFERENCE]['label']} from the same run.")
+    idle = meta.get("idle") or {"ping_interval_s": float(IDLE_PING_INTERVAL),
+                                "cpu_window_s": 2.0 if meta["mode"] == "quick" else 6.0}
+    if any(c.family == "idle" for c in cases):
+        lines.append("")
+        lines.append(f"Idle cases: protocol pings every {idle['ping_interval_s']:g} s for every "
+                     f"peer that has them (the health scheduler at work; flask-jpulse-ws' "
+                     f"default is 30 s); idle CPU measured over {idle['cpu_window_s']:g} s.")
     lg_meta = meta.get("loadgen")
     if lg_meta:
         lines.append("")
@@ -725,6 +734,13 @@ def main(argv=None) -> int:
                     help="load generator event loop (default uvloop when installed)")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop starting new cases after this long (default 90; quick 3)")
+    ap.add_argument("--idle-ping", default=IDLE_PING_INTERVAL, metavar="SECONDS",
+                    help=f"ping interval of the idle cases (default {IDLE_PING_INTERVAL})")
+    ap.add_argument("--idle-window", type=float, default=None, metavar="SECONDS",
+                    help="idle CPU measuring window (default 6; quick 2)")
+    ap.add_argument("--name", default=None,
+                    help="publish the summary as NAME.md/.json/-*.png in --out instead of "
+                         "latest / partial-latest / quick-latest")
     ap.add_argument("--render", metavar="RUNDIR",
                     help="only re-render results.md, the charts and the *latest* copies from "
                          "RUNDIR/results.json (no measurement)")
@@ -738,7 +754,7 @@ def main(argv=None) -> int:
             ap.error(f"unknown peer {p!r} (choose from {', '.join(PEERS)})")
     reps = args.reps or (1 if args.quick else 3)
     max_s = 60 * (args.max_minutes or (3 if args.quick else 90))
-    cases = build_cases(args.quick)
+    cases = build_cases(args.quick, args.idle_ping, args.idle_window)
     if args.only:
         wanted = {w.strip() for w in args.only.split(",") if w.strip()}
         cases = [c for c in cases if c.family in wanted or c.name in wanted]
@@ -772,7 +788,11 @@ def main(argv=None) -> int:
                     "client": {p: ("picows" if args.client == "auto" and p in lg.PICOWS_DIALECTS
                                    else "raw") for p in peers}},
         "cases": [c.name for c in cases],
+        "idle": {"ping_interval_s": float(args.idle_ping),
+                 "cpu_window_s": args.idle_window or (2.0 if args.quick else 6.0)},
     }
+    if args.name:
+        meta["name"] = args.name
     t_start = time.monotonic()
     redis = None
     if any(c.redis for c in cases):
@@ -848,7 +868,8 @@ def publish(rundir: Path, outroot: Path, data: dict, cases: list[Case], peers: l
                 and meta["repetitions"] >= 2 and set(peers) == set(PEERS)
                 and meta["cases"] == [c.name for c in build_cases(False)])
     quick = meta["mode"] == "quick"
-    prefix = "quick-latest" if quick else ("latest" if complete else "partial-latest")
+    prefix = meta.get("name") or (
+        "quick-latest" if quick else ("latest" if complete else "partial-latest"))
     shutil.copy(rundir / "results.json", outroot / f"{prefix}.json")
     shutil.copy(rundir / "results.md", outroot / f"{prefix}.md")
     for ch in charts:
