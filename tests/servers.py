@@ -182,6 +182,16 @@ class GunicornServer:
         self.stop()
 
 
+def _terminate(proc: Optional[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 class RedisServer:
     """A private ``redis-server`` on a free port, that tests may stop and restart."""
 
@@ -213,12 +223,7 @@ class RedisServer:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _terminate(self.proc)
         self.proc = None
 
 
@@ -251,10 +256,5 @@ class SentinelServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _terminate(self.proc)
         self.proc = None

@@ -11,7 +11,7 @@ push a ``_resync`` and cut a socket without a close frame. Settings come from
 import threading
 import time
 
-from _env import settings_from_env
+from _env import add_cut_route, settings_from_env
 from flask import Flask, jsonify, render_template_string, request
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
@@ -154,16 +154,7 @@ def create_app():
         body = request.get_json()
         return jsonify(sent=app.extensions["jpulse_ws"].resync_all(body["reason"]))
 
-    @app.post("/_test/cut")
-    def cut():
-        """Cut a client's TCP connection without a close frame (a network failure)."""
-        body = request.get_json()
-        ns = ws.get_namespace(body["path"])
-        conn = ns.clients.get(body["clientId"]) if ns else None
-        if conn is None:
-            return jsonify(cut=False)
-        conn.terminate(None)
-        return jsonify(cut=True)
+    add_cut_route(app, ws)
 
     @app.get("/_test/upgrades")
     def upgrades():

@@ -7,7 +7,7 @@ under /_test/ expose server-side calls (broadcast, stats, logout...).
 
 import os
 
-from _env import settings_from_env
+from _env import add_cut_route, settings_from_env
 from flask import Flask, jsonify, request, session
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
@@ -195,16 +195,7 @@ def create_app():
             ws.broadcast(body["path"], {"type": "burst", "data": {"seq": seq, "pad": pad}})
         return jsonify(sent=body["count"])
 
-    @app.post("/_test/cut")
-    def http_cut():
-        """Cut a client's TCP connection without a close frame (a network failure)."""
-        body = request.get_json()
-        ns = ws.get_namespace(body["path"])
-        conn = ns.clients.get(body["clientId"]) if ns else None
-        if conn is None:
-            return jsonify(cut=False)
-        conn.terminate(None)
-        return jsonify(cut=True)
+    add_cut_route(app, ws)
 
     @app.post("/_test/send")
     def http_send():

@@ -171,6 +171,17 @@ def test_two_logins_of_one_user_are_different_identities(server):
     a.close()
 
 
+def wait_for_a_free_slot(srv):
+    """Once a client has left, a new connection is accepted again (the cap freed a slot)."""
+    def fits():
+        c = connect(srv, "/api/1/ws/echo")
+        try:
+            return c.receive(type="connected", timeout=1)
+        finally:
+            c.close()
+    wait_for(fits, timeout=5, message="a free slot after a client left")
+
+
 def test_per_ip_cap_closes_4529_and_frees_a_slot_when_one_leaves(make_server):
     srv = make_server(settings={"JPULSE_WS_MAX_CONNECTIONS_PER_IP": 2})
     a, b = connect(srv, "/api/1/ws/echo"), connect(srv, "/api/1/ws/echo")
@@ -178,14 +189,7 @@ def test_per_ip_cap_closes_4529_and_frees_a_slot_when_one_leaves(make_server):
     b.receive(type="connected")
     assert connect(srv, "/api/1/ws/echo").wait_closed() == 4529
     a.close()
-
-    def third_fits():
-        c = connect(srv, "/api/1/ws/echo")
-        try:
-            return c.receive(type="connected", timeout=1)
-        finally:
-            c.close()
-    wait_for(third_fits, timeout=5, message="a free slot after a client left")
+    wait_for_a_free_slot(srv)
     b.close()
 
 
@@ -197,14 +201,7 @@ def test_total_cap_closes_4529_server_full_and_frees_a_slot_when_one_leaves(make
     refused = connect(srv, "/api/1/ws/echo")
     assert refused.wait_closed() == 4529 and refused.close_reason == "Server full"
     a.close()
-
-    def third_fits():
-        c = connect(srv, "/api/1/ws/echo")
-        try:
-            return c.receive(type="connected", timeout=1)
-        finally:
-            c.close()
-    wait_for(third_fits, timeout=5, message="a free slot after a client left")
+    wait_for_a_free_slot(srv)
     b.close()
 
 

@@ -35,6 +35,12 @@ def test_a_client_that_never_answers_pings_is_cut_after_the_pong_timeout(server)
 def test_logout_in_an_http_request_closes_that_sessions_socket_4401(server):
     http = login(server, "bob")
     other = login(server, "bob")  # the same user in another browser stays
+    logout_closes_only_that_session(server, http, other)
+
+
+def logout_closes_only_that_session(server, http, other):
+    """``http`` logs out: its socket gets SESSION_EXPIRED and 4401, ``other``'s (the same
+    user in another browser) stays."""
     c = WSTestClient(server.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
     keep = WSTestClient(server.ws_url("/api/1/ws/secure"),
                         headers={"Cookie": other.cookie_header()})
@@ -55,15 +61,7 @@ def test_a_session_logged_in_without_the_signal_gets_a_token_and_logout_works(se
     for session in (http, other):
         session.post("/_test/login-without-signal/bob")
         session.get("/_test/stats")  # any HTTP request names the session
-    c = WSTestClient(server.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
-    keep = WSTestClient(server.ws_url("/api/1/ws/secure"),
-                        headers={"Cookie": other.cookie_header()})
-    c.receive(type="connected")
-    keep.receive(type="connected")
-    http.post("/_test/logout")
-    assert c.wait_closed() == 4401
-    assert keep.request({"type": "x"})["data"] == {"username": "bob"}
-    keep.close()
+    logout_closes_only_that_session(server, http, other)
 
 
 def test_logout_also_closes_sockets_of_public_namespaces_opened_by_that_session(server):
