@@ -229,8 +229,8 @@ class AppState:
                 return False
             self.registry.remove(path)
             ns.close_all(CloseCode.NOT_FOUND, "Namespace removed")
-            if self._history is not None:
-                self._history.drop(path)
+        if self._history is not None and not remove_if_empty:
+            self._history.drop(path)  # also a swept room's stream: a new room starts afresh
         if self.relay.distributed and _relay and not remove_if_empty:
             self.relay.publish("remove", path=path)
         return ns is not None

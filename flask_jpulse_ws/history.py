@@ -22,6 +22,8 @@ __all__ = ["Position", "with_position", "parse_since", "new_epoch", "MemoryHisto
 
 #: Seconds a broadcast stays replayable when a namespace gives a size but no TTL.
 DEFAULT_TTL = 300.0
+#: Seconds between two looks for expired streams (one pass over all of them).
+_SWEEP_INTERVAL = 1.0
 
 _SINCE = re.compile(r"^([A-Za-z0-9_-]{1,64}):(\d{1,18})$")
 
@@ -64,6 +66,7 @@ class MemoryHistory:
     def __init__(self, max_streams: int = 10000) -> None:
         self._streams: OrderedDict[str, _Stream] = OrderedDict()  # least recent first
         self.max_streams = max_streams
+        self._next_sweep = 0.0
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -122,9 +125,11 @@ class MemoryHistory:
         return stream
 
     def _expire(self, now: float) -> None:
-        # Oldest use first: stop at the first stream still within its TTL.
-        while self._streams:
-            path, stream = next(iter(self._streams.items()))
-            if now - stream.used <= stream.ttl:
-                return
+        # Streams have TTLs of their own, so the least recently used one is not always
+        # the first to expire: look at all of them, at most once a second.
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_INTERVAL
+        gone = [path for path, stream in self._streams.items() if now - stream.used > stream.ttl]
+        for path in gone:
             del self._streams[path]

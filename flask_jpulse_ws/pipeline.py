@@ -1,8 +1,9 @@
 """The inbound pipeline, one message at a time, in protocol order.
 
 frame cap (1009, in the decoder) -> size -> JSON object -> reply to a server
-request -> string ``type`` -> reserved types -> rate window -> username
-injection -> activity log -> handler -> automatic NO_REPLY.
+request -> string ``type`` -> reserved types (``_ping`` answered) -> rate window
+(``_presence`` answered after it) -> username injection -> activity log -> handler ->
+automatic NO_REPLY.
 """
 
 from __future__ import annotations

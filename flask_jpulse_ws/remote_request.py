@@ -13,6 +13,7 @@ caller waiting on it, so the relay never turns their loss into a ``_resync``.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Dict
 
@@ -29,6 +30,10 @@ log = logging.getLogger("flask_jpulse_ws")
 #: Seconds the asking process waits for the holder's ``accepted``: a relay round trip
 #: takes milliseconds, so silence this long means no process holds the client.
 ACCEPT_TIMEOUT = 2.0
+#: The holder does not ask its client once a request is this close to the asker's accept
+#: deadline (by the request's ``sentAt``; hosts need synchronised clocks, as for
+#: presence): an asker that gave up must not have its request carried out anyway.
+ACCEPT_MARGIN = 0.5
 #: Seconds past the timeout the asker keeps waiting: the holder times out first and
 #: its REQUEST_TIMEOUT (or a reply that came just in time) still has to travel.
 REPLY_GRACE = 1.0
@@ -43,11 +48,12 @@ def _error(message: str, code: str) -> Dict[str, Any]:
 
 
 class _Waiter:
-    __slots__ = ("accepted", "result")
+    __slots__ = ("accepted", "result", "holder")
 
     def __init__(self) -> None:
         self.accepted = concurrency.Event()
         self.result = concurrency.AsyncResult()
+        self.holder: Any = None  # the host that accepted first: only its answer counts
 
 
 class RemoteRequests:
@@ -77,7 +83,7 @@ class RemoteRequests:
         try:
             wire = envelope.wire_ctx(ctx, self.state.settings.wire_ctx_fields)
             relay.publish("request", path=path, clientId=client_id, requestId=rid,
-                          data=dict(data), ctx=wire, timeout=timeout)
+                          data=dict(data), ctx=wire, timeout=timeout, sentAt=time.time())
             if relay.degraded:  # the publish was dropped: nobody will answer
                 return _error("Client not connected here, and the relay is unavailable",
                               ErrorCode.NOT_CONNECTED)
@@ -100,6 +106,11 @@ class RemoteRequests:
         waiter = self._waiting.get(str(message.get("requestId")))
         if waiter is None:
             return  # the asker gave up already
+        host = message.get("host")
+        if waiter.holder is None:
+            waiter.holder = host
+        elif host != waiter.holder:
+            return  # one id held on two processes: only the first to accept may answer
         waiter.accepted.set()
         result = message.get("result")
         if isinstance(result, dict):
@@ -127,6 +138,8 @@ class RemoteRequests:
         route = {"to": message.get("host"), "requestId": message.get("requestId")}
         try:
             relay.publish("reply", accepted=True, **route)
+            if relay.degraded or self._too_late(message):
+                return  # the asker will not hear of it, or has given up: do not ask
             try:
                 timeout = max(0.0, float(message.get("timeout", 30.0)))
             except (TypeError, ValueError):
@@ -138,6 +151,14 @@ class RemoteRequests:
             log.exception("could not serve a relayed request to %s", conn.namespace.path)
         finally:
             self.serving -= 1
+
+    @staticmethod
+    def _too_late(message: Dict[str, Any]) -> bool:
+        try:
+            sent_at = float(message.get("sentAt", 0))
+        except (TypeError, ValueError):
+            return True
+        return time.time() - sent_at > ACCEPT_TIMEOUT - ACCEPT_MARGIN
 
     def status(self) -> Dict[str, int]:
         return {"waiting": len(self._waiting), "serving": self.serving,

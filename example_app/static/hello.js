@@ -152,13 +152,14 @@
   }
 
   // Broadcasts that arrive while the list is being fetched may be newer than the
-  // list: keep them and apply them again on top of it.
+  // list: keep them and apply them again on top of it. Only the latest load counts.
   let arrivedDuringLoad = null;
 
   async function loadTodos() {
     const arrived = arrivedDuringLoad = [];
     const result = await api('GET', API);
-    if (arrivedDuringLoad === arrived) arrivedDuringLoad = null;
+    if (arrivedDuringLoad !== arrived) return; // a newer load is on its way
+    arrivedDuringLoad = null;
     if (!result.success) return showError('todo-error', result.error);
     todos.clear();
     result.data.forEach((t) => todos.set(t.id, t));

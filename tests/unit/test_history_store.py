@@ -78,3 +78,13 @@ def test_a_flood_of_room_paths_stays_under_the_cap(clock):
     for i in range(10_000):
         h.position(f"/rooms/{i}", ttl=300)
     assert len(h) == 100
+
+
+def test_each_stream_expires_by_its_own_ttl(clock):
+    """The least recently used stream is not always the first to expire."""
+    h = MemoryHistory()
+    h.append("/long", frame(1), size=10, ttl=3600)
+    h.append("/short", frame(1), size=10, ttl=60)
+    clock.now += 120
+    assert not h.has_stream("/short")
+    assert h.has_stream("/long")
