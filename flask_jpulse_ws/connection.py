@@ -104,6 +104,8 @@ class Connection:
         self.open = True
         self.close_code: Optional[int] = None
         self.presence_info: Dict[str, Any] = {}
+        self.id_claim: Optional[str] = None  # cluster-wide claim on the id (id_claims)
+        self.id_claimed_at = 0.0
         # Outbound: None while the socket takes everything we write.
         self._queue: Optional[Deque[Any]] = None
         self._queued = 0

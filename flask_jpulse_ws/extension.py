@@ -49,6 +49,7 @@ class AppState:
         self.relay: Relay = self._make_relay()
         self.remote_requests = RemoteRequests(self)
         self._presence: Any = None
+        self._id_claims: Any = None
         self._history: Any = None
         self._started = False
 
@@ -65,6 +66,14 @@ class AppState:
             from .presence import PresenceTracker
             self._presence = PresenceTracker(self)
         return self._presence
+
+    @property
+    def id_claims(self) -> Any:
+        """Cluster-wide client id claims (``id_claims.IdClaims``; Redis relay only)."""
+        if self._id_claims is None:
+            from .id_claims import IdClaims
+            self._id_claims = IdClaims(self)
+        return self._id_claims
 
     def ensure_started(self) -> None:
         """Start the health scheduler and the relay listener on first use."""

@@ -78,7 +78,7 @@ def serve(state: AppState) -> Any:
     try:
         state.admit_ip(ip)
         counted = True
-        ns, client_id, ctx, identity = _admit(state, environ, ctx, token)
+        ns, client_id, ctx, identity, claim = _admit(state, environ, ctx, token)
     except Rejected as exc:
         state.rejections[exc.code] = state.rejections.get(exc.code, 0) + 1
         _close_rejected(sock, exc.code, exc.reason, settings.close_timeout)
@@ -86,6 +86,7 @@ def serve(state: AppState) -> Any:
             state.release_ip(ip)
         return _ended(mode)
     conn = Connection(sock, ns, client_id, ctx, identity, token)
+    conn.id_claim, conn.id_claimed_at = claim, time.monotonic()
     since = parse_since(_query(environ, "since")) if ns.template.history_size else None
     try:
         _join(state, ns, conn, since)
@@ -97,8 +98,9 @@ def serve(state: AppState) -> Any:
 
 
 def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Optional[str]
-           ) -> Tuple[Any, str, Context, tuple]:
-    """Checks 3-8 of the handshake: (namespace, client id, context, identity)."""
+           ) -> Tuple[Any, str, Context, tuple, Optional[str]]:
+    """Checks 3-8 of the handshake: (namespace, client id, context, identity, the
+    cluster-wide claim on the id or ``None``)."""
     settings = state.settings
     raw_path = _raw_path(environ)
     match = state.registry.match_raw(raw_path)
@@ -128,7 +130,10 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
             held.close(CloseCode.REPLACED, "Replaced by a newer connection")
         else:
             client_id = str(uuid.uuid4())  # never take over someone else's id
-    return ns, client_id, ctx, identity
+    claim = None
+    if state.relay.distributed:  # nor one another process holds for someone else
+        client_id, claim = state.id_claims.claim(path, client_id, identity)
+    return ns, client_id, ctx, identity, claim
 
 
 def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
@@ -212,6 +217,8 @@ def _leave(state: AppState, conn: Connection) -> None:
     ns = conn.namespace
     if ns.discard(conn) and ns.template.has_presence:
         state.presence.left(conn)
+    if conn.id_claim is not None:
+        state.id_claims.release(conn)
     if not conn.wait_handlers(_HANDLER_DRAIN_TIMEOUT):
         log.warning("on_message handlers of %s still running after %.0f s; calling "
                     "on_disconnect anyway", ns.path, _HANDLER_DRAIN_TIMEOUT)

@@ -48,6 +48,7 @@ class HealthScheduler:
     def run_once(self, now: float) -> None:
         s = self.state.settings
         to_check: List[Connection] = []
+        pinged: List[Connection] = []
         for conn in self.state.registry.connections():
             if conn.ping_sent_at is not None:
                 if now - conn.ping_sent_at > s.pong_timeout:
@@ -57,10 +58,14 @@ class HealthScheduler:
             elif now >= conn.next_ping_at:
                 conn.next_ping_at = now + s.ping_interval
                 conn.send_ping(now)
+                if conn.id_claim is not None:
+                    pinged.append(conn)
                 if conn.ctx.user_id is not None and not conn.ctx.is_public:
                     to_check.append(conn)
         if to_check:
             self.revalidate(to_check)
+        if pinged:
+            self.state.id_claims.refresh(pinged, now)
         self.state.sweep_namespaces()
 
     def revalidate(self, conns: List[Connection]) -> None:

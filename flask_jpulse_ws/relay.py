@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["Relay", "MemoryRelay", "check_prefix", "relay_channel", "namespace_channel",
            "path_of_channel", "stats_key", "history_keys", "presence_keys",
-           "path_of_presence_key", "instances_key", "encode_op",
+           "path_of_presence_key", "instances_key", "client_id_key", "encode_op",
            "new_host_id", "merge_instances"]
 
 log = logging.getLogger("flask_jpulse_ws")
@@ -113,6 +113,11 @@ def path_of_presence_key(prefix: str, key: str) -> Optional[str]:
                 return None
             return path if quote(path, safe="/") == encoded else None
     return None
+
+
+def client_id_key(prefix: str, path: str, client_id: str) -> str:
+    """Key of the cluster-wide claim on a client id in a namespace (``id_claims``)."""
+    return f"{check_prefix(prefix)}:cid:{quote(path, safe='/')}:{client_id}"
 
 
 def new_host_id(kind: str = "") -> str:

@@ -161,6 +161,42 @@ def test_send_to_client_held_by_another_worker(cluster):
         close_all(clients)
 
 
+def _open_elsewhere(server, pid, client_id, headers=None, tries=40):
+    """A client asking for ``client_id`` that lands on a worker other than ``pid``."""
+    for _ in range(tries):
+        c = _open(server, NS, headers=headers, client_id=client_id)
+        if c.pid != pid:
+            return c
+        c.ws.close()
+    raise AssertionError(f"every connection landed on worker {pid}")
+
+
+@pytest.mark.cluster
+def test_a_client_id_held_on_another_worker_is_not_given_to_another_identity(cluster):
+    """The per-process rule holds across workers: an id held elsewhere is refused to
+    another identity (fresh id, nothing of the owner's reaches it), kept for the same
+    identity, and free again once its holders have left."""
+    owner = _open(cluster, NS)
+    stranger = {"User-Agent": "someone-else/1.0"}  # anonymous identity: IP + User-Agent
+    thief = _open_elsewhere(cluster, owner.pid, owner.client_id, headers=stranger)
+    assert thief.client_id != owner.client_id
+    cluster.http().post("/_test/send", {"path": NS, "clientId": owner.client_id,
+                                        "data": {"type": "dm", "data": "private"}})
+    assert owner.ws.receive(type="dm")["data"]["data"] == "private"
+    assert no_more(thief, "dm")
+    twin = _open_elsewhere(cluster, owner.pid, owner.client_id)  # same identity
+    assert twin.client_id == owner.client_id
+    thief.ws.close()
+    owner.ws.close()
+    twin.ws.close()
+
+    def free_again():
+        c = _open(cluster, NS, headers=stranger, client_id=owner.client_id)
+        c.ws.close()
+        return c.client_id == owner.client_id
+    wait_for(free_again, timeout=5, message="the claim released after its holders left")
+
+
 def reply_to(client, request_id, timeout=5.0):
     """The reply frame to ``client``'s message ``request_id`` (other frames skipped)."""
     return client.ws.receive(timeout=timeout, match=lambda m: m.get("requestId") == request_id)

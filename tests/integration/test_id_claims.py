@@ -1,0 +1,66 @@
+"""The Redis scripts behind cluster-wide client id claims, against a private redis-server.
+
+A stand-in for the app state carries what ``IdClaims`` uses: the relay's Redis client
+and prefix, and the app's secret key. The handshake side is covered by
+test_cluster.py::test_a_client_id_held_on_another_worker_is_not_given_to_another_identity.
+"""
+
+from types import SimpleNamespace
+
+import redis as redis_py
+
+from flask_jpulse_ws.id_claims import CLAIM_REFRESH, CLAIM_TTL, IdClaims
+from flask_jpulse_ws.relay import client_id_key
+
+PATH = "/api/1/ws/rooms/a"
+ID = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+ID2 = "0b9c8d7e-6f5a-4b3c-9d2e-1f0a9b8c7d6e"
+
+
+def make_claims(url):
+    client = redis_py.Redis.from_url(url)
+    relay = SimpleNamespace(prefix="claims-test", _pub=client, ensure_available=lambda: True,
+                            report_failure=lambda reason: None)
+    state = SimpleNamespace(relay=relay, app=SimpleNamespace(secret_key="s3cret"))
+    return IdClaims(state), client
+
+
+def conn_of(client_id, claim):
+    return SimpleNamespace(client_id=client_id, id_claim=claim, id_claimed_at=0.0,
+                           namespace=SimpleNamespace(path=PATH))
+
+
+def test_claims_keep_ids_per_identity_and_release_only_their_own(redis_server):
+    claims, client = make_claims(redis_server.url)
+    alice, mallory = ("user", "alice", "tok-a"), ("anon", "10.0.0.9", "curl")
+    got, first = claims.claim(PATH, ID, alice)
+    assert got == ID and first
+    key = client_id_key("claims-test", PATH, ID)
+    stored = client.get(key).decode()
+    assert stored == first and "alice" not in stored and "tok-a" not in stored  # keyed digest
+    assert 0 < client.pttl(key) <= CLAIM_TTL * 1000
+    other, other_claim = claims.claim(PATH, ID, mallory)
+    assert other != ID and other_claim  # another identity gets a fresh id, claimed too
+    again, second = claims.claim(PATH, ID, alice)  # the same identity, another worker
+    assert again == ID and second != first
+    claims.release(conn_of(ID, first))  # the older socket leaves: the newer keeps the id
+    assert client.get(key).decode() == second
+    claims.release(conn_of(ID, second))
+    assert client.get(key) is None
+    assert claims.claim(PATH, ID, mallory)[0] == ID  # free again
+
+
+def test_refresh_extends_and_remakes_lost_claims_but_never_steals(redis_server):
+    claims, client = make_claims(redis_server.url)
+    _, claim = claims.claim(PATH, ID2, ("user", "bob", "t"))
+    key = client_id_key("claims-test", PATH, ID2)
+    client.pexpire(key, 1000)
+    conn = conn_of(ID2, claim)
+    claims.refresh([conn], now=CLAIM_REFRESH + 1)
+    assert client.pttl(key) > 1000 and conn.id_claimed_at == CLAIM_REFRESH + 1
+    client.delete(key)  # lost (Redis restarted without persistence): made again
+    claims.refresh([conn], now=2 * CLAIM_REFRESH + 2)
+    assert client.get(key).decode() == claim
+    client.set(key, "someone-else:1")  # taken meanwhile by another identity: left alone
+    claims.refresh([conn], now=3 * CLAIM_REFRESH + 3)
+    assert client.get(key).decode() == "someone-else:1"
