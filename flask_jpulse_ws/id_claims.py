@@ -21,10 +21,11 @@ import hmac
 import logging
 import secrets
 import uuid
-from typing import TYPE_CHECKING, Iterable, Optional, Tuple
+from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
 
 import redis
 
+from . import concurrency
 from .relay import client_id_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,6 +41,8 @@ CLAIM_TTL = 900
 #: Seconds after which a live connection's claim is refreshed on its next ping; a claim
 #: lost with a Redis restart is made again then.
 CLAIM_REFRESH = 300
+#: Releases sent to Redis in one pipeline.
+_RELEASE_BATCH = 1000
 
 # Take the id unless another identity holds it (the digest is the value's prefix).
 _CLAIM = """
@@ -75,6 +78,9 @@ class IdClaims:
         secret = state.app.secret_key or self.prefix
         self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
         self.refused = 0
+        self._releases: List[Tuple[str, str]] = []
+        self._releasing = False
+        self._release_lock = concurrency.Lock()
 
     def digest(self, identity: tuple) -> str:
         """The identity as stored in Redis: keyed, so tokens and IPs are not readable."""
@@ -101,13 +107,37 @@ class IdClaims:
         return client_id, None
 
     def release(self, conn: Connection) -> None:
+        """Give the id up, soon: releases are sent in batches by one task, so that
+        thousands of clients leaving at once do not open thousands of Redis connections."""
         if conn.id_claim is None:
             return
         key = client_id_key(self.prefix, conn.namespace.path, conn.client_id)
+        with self._release_lock:
+            self._releases.append((key, conn.id_claim))
+            if self._releasing:
+                return
+            self._releasing = True
+        concurrency.spawn(self.flush_releases)
+
+    def flush_releases(self) -> None:
+        """Send the pending releases now (a claim not released expires by itself)."""
         try:
-            self._release(keys=[key], args=[conn.id_claim])
-        except (redis.RedisError, OSError) as exc:  # it expires by itself
-            log.info("could not release the claim on %s: %s", conn.client_id, exc)
+            while True:
+                with self._release_lock:
+                    batch = self._releases[:_RELEASE_BATCH]
+                    del self._releases[:_RELEASE_BATCH]
+                    if not batch:
+                        return
+                try:
+                    pipe = self.state.relay._pub.pipeline(transaction=False)  # type: ignore[attr-defined]
+                    for key, value in batch:
+                        self._release(keys=[key], args=[value], client=pipe)
+                    pipe.execute()
+                except (redis.RedisError, OSError) as exc:
+                    log.info("could not release %d client id claims: %s", len(batch), exc)
+        finally:
+            with self._release_lock:
+                self._releasing = False
 
     def refresh(self, conns: Iterable[Connection], now: float) -> None:
         """Refresh the claims of connections whose claim is older than CLAIM_REFRESH."""
