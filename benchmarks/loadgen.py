@@ -722,12 +722,7 @@ async def open_conn(target: Target, sink, deflate=False, rcvbuf: int | None = No
             _, proto = await ws_connect(listener_factory, url, extra_headers=headers,
                                         websocket_handshake_timeout=timeout,
                                         read_buffer_init_size=4096, max_redirects=0)
-            try:
-                await proto.ready
-            except BaseException:
-                proto.abort()
-                raise
-            return proto
+            return await _ready(proto)
 
         return await asyncio.wait_for(_fast(), timeout)
 
@@ -750,14 +745,19 @@ async def open_conn(target: Target, sink, deflate=False, rcvbuf: int | None = No
             _, proto = await loop.create_connection(factory, sock=sock)
         else:
             _, proto = await loop.create_connection(factory, target.host, target.port)
-        try:
-            await proto.ready
-        except BaseException:
-            proto.abort()
-            raise
-        return proto
+        return await _ready(proto)
 
     return await asyncio.wait_for(_go(), timeout)
+
+
+async def _ready(proto):
+    """``proto`` once its WebSocket handshake is done; aborted if it fails or is cancelled."""
+    try:
+        await proto.ready
+    except BaseException:
+        proto.abort()
+        raise
+    return proto
 
 
 async def connect_many(target: Target, n: int, sink, deflate=False, concurrency=200,

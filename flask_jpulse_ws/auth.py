@@ -141,7 +141,7 @@ def adopt_session() -> None:
     if request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
         return
     if "_user_id" in session and SESSION_TOKEN_KEY not in session:  # flask-login's key
-        session[SESSION_TOKEN_KEY] = secrets.token_urlsafe(16)
+        ensure_session_token()
 
 
 def identity_of(ctx: Context, token: Optional[str], user_agent: str) -> tuple:

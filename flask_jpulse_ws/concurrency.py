@@ -77,12 +77,10 @@ def receiver(sock: Any, size: int) -> Callable[[], bytes]:
     Not for TLS: the raw socket carries ciphertext, and decrypted bytes may already
     wait in the TLS layer with nothing left to read on the raw socket.
     """
-    if is_tls(sock):
-        return lambda: sock.recv(size)  # type: ignore[no-any-return]
     wait = getattr(sock, "_wait", None)
     event = getattr(sock, "_read_event", None)
     raw = getattr(sock, "_sock", None)
-    if not using_gevent() or wait is None or event is None or raw is None:
+    if is_tls(sock) or not using_gevent() or wait is None or event is None or raw is None:
         return lambda: sock.recv(size)  # type: ignore[no-any-return]
     raw_recv = raw.recv
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from . import auth, concurrency, envelope
 from .errors import CloseCode, ErrorCode
+from .id_claims import CLAIM_REFRESH
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
@@ -48,7 +49,7 @@ class HealthScheduler:
     def run_once(self, now: float) -> None:
         s = self.state.settings
         to_check: List[Connection] = []
-        pinged: List[Connection] = []
+        claims_due: List[Connection] = []
         for conn in self.state.registry.connections():
             if conn.ping_sent_at is not None:
                 if now - conn.ping_sent_at > s.pong_timeout:
@@ -58,14 +59,14 @@ class HealthScheduler:
             elif now >= conn.next_ping_at:
                 conn.next_ping_at = now + s.ping_interval
                 conn.send_ping(now)
-                if conn.id_claim is not None:
-                    pinged.append(conn)
+                if conn.id_claim is not None and now - conn.id_claimed_at > CLAIM_REFRESH:
+                    claims_due.append(conn)
                 if conn.ctx.user_id is not None and not conn.ctx.is_public:
                     to_check.append(conn)
         if to_check:
             self.revalidate(to_check)
-        if pinged:
-            self.state.id_claims.refresh(pinged, now)
+        if claims_due:
+            self.state.id_claims.refresh(claims_due, now)
         self.state.sweep_namespaces()
 
     def revalidate(self, conns: List[Connection]) -> None:

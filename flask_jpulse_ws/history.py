@@ -49,7 +49,7 @@ def parse_since(value: Optional[str]) -> Optional[Position]:
 @dataclass
 class _Stream:
     ttl: float
-    used: float = field(default_factory=time.time)  # creation or last append
+    used: float  # creation or last append
     epoch: str = field(default_factory=new_epoch)
     offset: int = 0
     entries: Deque[Tuple[int, float, bytes]] = field(default_factory=deque)

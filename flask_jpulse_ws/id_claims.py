@@ -21,7 +21,7 @@ import hmac
 import logging
 import secrets
 import uuid
-from typing import TYPE_CHECKING, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import redis
 
@@ -77,7 +77,6 @@ class IdClaims:
         self._refresh = client.register_script(_REFRESH)
         secret = state.app.secret_key or self.prefix
         self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
-        self.refused = 0
         self._releases: List[Tuple[str, str]] = []
         self._releasing = False
         self._release_lock = concurrency.Lock()
@@ -102,18 +101,16 @@ class IdClaims:
                 return client_id, None
             if taken:
                 return client_id, f"{digest}:{nonce}"
-            self.refused += 1
             client_id = str(uuid.uuid4())  # held by another identity elsewhere
         return client_id, None
 
     def release(self, conn: Connection) -> None:
         """Give the id up, soon: releases are sent in batches by one task, so that
-        thousands of clients leaving at once do not open thousands of Redis connections."""
-        if conn.id_claim is None:
-            return
+        thousands of clients leaving at once do not open thousands of Redis connections.
+        ``conn`` holds a claim (``conn.id_claim``)."""
         key = client_id_key(self.prefix, conn.namespace.path, conn.client_id)
         with self._release_lock:
-            self._releases.append((key, conn.id_claim))
+            self._releases.append((key, str(conn.id_claim)))
             if self._releasing:
                 return
             self._releasing = True
@@ -139,10 +136,9 @@ class IdClaims:
             with self._release_lock:
                 self._releasing = False
 
-    def refresh(self, conns: Iterable[Connection], now: float) -> None:
-        """Refresh the claims of connections whose claim is older than CLAIM_REFRESH."""
-        due = [c for c in conns
-               if c.id_claim is not None and now - c.id_claimed_at > CLAIM_REFRESH]
+    def refresh(self, due: List[Connection], now: float) -> None:
+        """Refresh (or make again) the claims of ``due``: connections holding a claim
+        older than :data:`CLAIM_REFRESH` (the health scheduler picks them)."""
         if not due or not self.state.relay.ensure_available():  # type: ignore[attr-defined]
             return
         try:

@@ -182,6 +182,17 @@ class GunicornServer:
         self.stop()
 
 
+def run_python(script: str, timeout: float, cwd: Path = ROOT) -> str:
+    """Run ``script`` in a fresh interpreter that can import the project (gevent's
+    monkey-patching, a plain process without Flask...); returns its stdout, stripped.
+    A non-zero exit fails the calling test with the script's stderr."""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=timeout, cwd=str(cwd),
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def _terminate(proc: Optional[subprocess.Popen]) -> None:
     """SIGTERM, then SIGKILL after 5 s."""
     if proc is not None and proc.poll() is None:

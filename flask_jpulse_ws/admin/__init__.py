@@ -30,7 +30,6 @@ from flask import Blueprint, Flask, abort, current_app, redirect, render_templat
 
 from .. import concurrency, envelope
 from ..paths import is_whitelisted
-from ..presence import summarize
 from ..stats import iso
 
 __all__ = ["JPulseWSAdmin", "init_admin", "STATUS_PATH", "stats_payload", "presence_counts"]
@@ -75,21 +74,21 @@ def presence_counts(state: Any, paths: Any) -> Dict[str, Dict[str, Any]]:
         if len(out) >= PRESENCE_CARDS:
             break
         try:
-            members, partial = state.presence.snapshot(path)
+            counts = state.presence.stats(path)
         except Exception:  # the dashboard must outlive a broken read
             log.exception("presence of %s for the dashboard failed", path)
             continue
-        out[path] = dict(summarize(members), partial=bool(partial))
+        counts.setdefault("partial", False)
+        out[path] = counts
     return out
 
 
-def stats_payload(state: Any, public: bool, cluster: bool = True,
-                  now: Optional[float] = None,
-                  presence: Optional[Dict[str, Dict[str, Any]]] = None) -> Dict[str, Any]:
+def stats_payload(state: Any, public: bool, presence: Dict[str, Dict[str, Any]],
+                  cluster: bool = True, now: Optional[float] = None) -> Dict[str, Any]:
     """What one ``stats-update`` carries; whitelisted namespaces only when ``public``.
 
-    :param presence: counts from :func:`presence_counts`, when the caller already has
-        them (one lookup per push, whatever the kinds of viewer); read here otherwise.
+    :param presence: counts from :func:`presence_counts`, read once per push whatever
+        the kinds of viewer.
     """
     now = time.time() if now is None else now
     s = state.settings
@@ -97,8 +96,6 @@ def stats_payload(state: Any, public: bool, cluster: bool = True,
     allowed = (lambda p: is_whitelisted(p, s.public_whitelist)) if public else (lambda p: True)
     live = state.registry.live
     shown = [ns for ns in stats.get("namespaces", []) if allowed(ns.get("path", ""))]
-    if presence is None:
-        presence = presence_counts(state, [ns["path"] for ns in shown])
     namespaces = []
     for ns in shown:
         live_ns = live.get(ns["path"])
@@ -211,7 +208,7 @@ def push(state: Any, ns: Any, viewers: Any, interval: float) -> int:
         if public not in frames:
             if presence is None:  # read once: the public view is a subset of the paths
                 presence = presence_counts(state, tuple(state.registry.live))
-            data = stats_payload(state, public, now=now, presence=presence)
+            data = stats_payload(state, public, presence, now=now)
             data["interval"] = interval
             frames[public] = envelope.encode_success({"type": "stats-update", "data": data},
                                                      envelope.wire_ctx(None, ()))

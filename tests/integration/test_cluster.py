@@ -6,15 +6,13 @@ Clients are opened in parallel; the cluster app holds each worker's loop for 20 
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis as redis_py
-from servers import ROOT, GunicornServer, RedisServer, SentinelServer, wait_for
+from servers import GunicornServer, RedisServer, SentinelServer, run_python, wait_for
 
 from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
 
@@ -347,11 +345,7 @@ with Emitter({redis_server.url!r}) as e:
     e.send_to_client({NS!r}, {target.client_id!r}, {{"type": "dm", "data": "just you"}})
 assert "gevent" not in sys.modules
 """
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             timeout=20, cwd=str(ROOT),
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == str(WORKERS)  # every worker is subscribed
+        assert run_python(script, timeout=20) == str(WORKERS)  # every worker is subscribed
         for c in clients:  # the other prefix's message never arrives, and it was first
             message = c.ws.receive(type="news")["data"]
             assert message["data"] == "from cron" and message["ctx"] == {"username": ""}

@@ -38,14 +38,17 @@ def test_logout_in_an_http_request_closes_that_sessions_socket_4401(server):
     logout_closes_only_that_session(server, http, other)
 
 
+def joined(server, session, path="/api/1/ws/secure"):
+    """A socket opened with ``session``'s cookie, past its welcome."""
+    c = WSTestClient(server.ws_url(path), headers={"Cookie": session.cookie_header()})
+    c.receive(type="connected")
+    return c
+
+
 def logout_closes_only_that_session(server, http, other):
     """``http`` logs out: its socket gets SESSION_EXPIRED and 4401, ``other``'s (the same
     user in another browser) stays."""
-    c = WSTestClient(server.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
-    keep = WSTestClient(server.ws_url("/api/1/ws/secure"),
-                        headers={"Cookie": other.cookie_header()})
-    c.receive(type="connected")
-    keep.receive(type="connected")
+    c, keep = joined(server, http), joined(server, other)
     http.post("/_test/logout")
     expired = c.receive()
     assert expired["success"] is False and expired["code"] == "SESSION_EXPIRED"
@@ -66,8 +69,7 @@ def test_a_session_logged_in_without_the_signal_gets_a_token_and_logout_works(se
 
 def test_logout_also_closes_sockets_of_public_namespaces_opened_by_that_session(server):
     http = login(server, "bob")
-    c = WSTestClient(server.ws_url("/api/1/ws/echo"), headers={"Cookie": http.cookie_header()})
-    c.receive(type="connected")
+    c = joined(server, http, "/api/1/ws/echo")
     http.post("/_test/logout")
     try:
         c.receive()
@@ -79,8 +81,7 @@ def test_logout_also_closes_sockets_of_public_namespaces_opened_by_that_session(
 def test_user_deleted_between_pings_gets_session_expired_then_4401(make_server):
     srv = make_server(settings=SETTINGS)
     http = login(srv, "bob")
-    c = WSTestClient(srv.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
-    c.receive(type="connected")
+    c = joined(srv, http)
     http.post("/_test/delete/bob")
     assert c.receive(timeout=3)["code"] == "SESSION_EXPIRED"
     assert c.wait_closed() == 4401
@@ -91,11 +92,7 @@ def test_user_deactivated_between_pings_gets_session_expired_then_4401(make_serv
     srv = make_server(settings=SETTINGS)
     http = login(srv, "bob")
     other = login(srv, "alice")  # another, still active user keeps her socket
-    c = WSTestClient(srv.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
-    keep = WSTestClient(srv.ws_url("/api/1/ws/secure"),
-                        headers={"Cookie": other.cookie_header()})
-    c.receive(type="connected")
-    keep.receive(type="connected")
+    c, keep = joined(srv, http), joined(srv, other)
     http.post("/_test/deactivate/bob")
     expired = c.receive(timeout=3)
     assert expired["success"] is False and expired["code"] == "SESSION_EXPIRED"
@@ -107,8 +104,7 @@ def test_user_deactivated_between_pings_gets_session_expired_then_4401(make_serv
 def test_user_who_lost_the_role_is_closed_4403(make_server):
     srv = make_server(settings=SETTINGS)
     http = login(srv, "alice")
-    c = WSTestClient(srv.ws_url("/api/1/ws/admin-only"), headers={"Cookie": http.cookie_header()})
-    c.receive(type="connected")
+    c = joined(srv, http, "/api/1/ws/admin-only")
     http.post("/_test/demote/alice")
     assert c.wait_closed(timeout=3) == 4403
 
@@ -117,8 +113,7 @@ def test_public_access_connections_are_not_revalidated(make_server):
     srv = make_server(settings={**SETTINGS, "JPULSE_WS_PUBLIC_ACCESS": True,
                                 "JPULSE_WS_PUBLIC_WHITELIST": ["secure"]})
     http = login(srv, "bob")
-    c = WSTestClient(srv.ws_url("/api/1/ws/secure"), headers={"Cookie": http.cookie_header()})
-    c.receive(type="connected")
+    c = joined(srv, http)
     http.post("/_test/delete/bob")
     assert c.receive_all(1.0) == []  # several ping cycles, still open
     assert c.request({"type": "x"})["success"] is True

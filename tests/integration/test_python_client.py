@@ -3,8 +3,6 @@
 import os
 import re
 import signal
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -12,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from servers import ROOT, wait_for
+from servers import ROOT, run_python, wait_for
 
 from flask_jpulse_ws import client as ws_client
 from flask_jpulse_ws.client import connect, get_connections
@@ -303,11 +301,7 @@ def test_works_under_gevent(app_server):
         c.disconnect()
         print("ok", c.get_status())
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, env=env, cwd=str(Path(__file__).parent))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok disconnected"
+    assert run_python(script, timeout=60, cwd=Path(__file__).parent) == "ok disconnected"
 
 
 def test_docs_show_the_live_server_example_verbatim():

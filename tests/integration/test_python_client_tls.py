@@ -5,12 +5,9 @@ CA through ``ssl_context``. The server is tests/apps/browser_app.py, as for the
 plain-socket tests in test_python_client.py.
 """
 
-import os
 import re
 import socket
 import ssl
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -20,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 import trustme
-from servers import ROOT, GunicornServer, wait_for
+from servers import GunicornServer, run_python, wait_for
 
 from flask_jpulse_ws import frames
 from flask_jpulse_ws.client import connect
@@ -417,8 +414,4 @@ def test_tls_under_gevent(tls_server, ca_file):
         c.disconnect()
         print("ok", c.get_status())
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=90, env=env, cwd=str(Path(__file__).parent))
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok disconnected"
+    assert run_python(script, timeout=90, cwd=Path(__file__).parent) == "ok disconnected"
