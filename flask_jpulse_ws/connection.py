@@ -106,6 +106,7 @@ class Connection:
         self.presence_info: Dict[str, Any] = {}
         self.id_claim: Optional[str] = None  # cluster-wide claim on the id (id_claims)
         self.id_claimed_at = 0.0
+        self.needs_claim = False  # admitted unclaimed (Redis away or slow): claim later
         # Outbound: None while the socket takes everything we write.
         self._queue: Optional[Deque[Any]] = None
         self._queued = 0

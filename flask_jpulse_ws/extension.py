@@ -42,6 +42,7 @@ class AppState:
         self.total_messages = 0
         self.total_dropped = 0
         self.refused_origins = 0
+        self.server_errors = 0  # connections ended by an unexpected exception after the 101
         self.rejections: Dict[int, int] = {}
         self.connections_by_ip: Dict[str, int] = {}
         self.open_connections = 0
@@ -311,6 +312,7 @@ class AppState:
             "totalDropped": self.total_dropped,
             "totalNamespaces": len(namespaces),
             "refusedOrigins": self.refused_origins,
+            "serverErrors": self.server_errors,
             "relay": self.relay.status(),
             "namespaces": namespaces,
             "activityLog": self.activity.entries(now),

@@ -74,27 +74,48 @@ def serve(state: AppState) -> Any:
     token = auth.session_token()
     state.ensure_started()
     sock.sendall(frames.handshake_response(key))  # type: ignore[arg-type]
+    # From here on the socket speaks WebSocket: nothing may escape to the server, which
+    # would write an HTTP 500 after the 101 (clients read it as a corrupt frame).
+    try:
+        _upgraded(state, environ, sock, ip, ctx, token)
+    except Exception:
+        state.server_errors += 1
+        log.exception("WebSocket connection to %s failed after the upgrade",
+                      environ.get("PATH_INFO"))
+    return _ended(mode)
+
+
+def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx: Context,
+              token: Optional[str]) -> None:
+    """Admission after the 101, then the connection's life."""
     counted = False
     try:
         state.admit_ip(ip)
         counted = True
         ns, client_id, ctx, identity, claim = _admit(state, environ, ctx, token)
-    except Rejected as exc:
-        state.rejections[exc.code] = state.rejections.get(exc.code, 0) + 1
-        _close_rejected(sock, exc.code, exc.reason, settings.close_timeout)
+    except Exception as exc:
         if counted:
             state.release_ip(ip)
-        return _ended(mode)
+        if not isinstance(exc, Rejected):
+            exc = Rejected(CloseCode.SERVER_ERROR, "Server error")
+            log.exception("admission to %s failed", environ.get("PATH_INFO"))
+        state.rejections[exc.code] = state.rejections.get(exc.code, 0) + 1
+        _close_rejected(sock, exc.code, exc.reason, state.settings.close_timeout)
+        return
     conn = Connection(sock, ns, client_id, ctx, identity, token)
     conn.id_claim, conn.id_claimed_at = claim, time.monotonic()
-    since = parse_since(_query(environ, "since")) if ns.template.history_size else None
+    conn.needs_claim = claim is None and state.relay.distributed
     try:
+        since = parse_since(_query(environ, "since")) if ns.template.history_size else None
         _join(state, ns, conn, since)
         conn.run(handle_message)
+    except Exception:
+        conn.open = False
+        conn.terminate(CloseCode.SERVER_ERROR, "Server error")  # through its writer
+        raise
     finally:
         state.release_ip(ip)
         _leave(state, conn)
-    return _ended(mode)
 
 
 def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Optional[str]

@@ -50,7 +50,14 @@ class HealthScheduler:
         s = self.state.settings
         to_check: List[Connection] = []
         claims_due: List[Connection] = []
+        unclaimed: List[Connection] = []
+        claims = self.state.id_claims if self.state.relay.distributed else None
+        refresh_all = claims is not None and claims.take_refresh_all()
         for conn in self.state.registry.connections():
+            if conn.needs_claim:
+                unclaimed.append(conn)
+            elif refresh_all and conn.id_claim is not None:
+                claims_due.append(conn)
             if conn.ping_sent_at is not None:
                 if now - conn.ping_sent_at > s.pong_timeout:
                     log.info("no pong from %s on %s within %.1f s: terminating",
@@ -59,14 +66,16 @@ class HealthScheduler:
             elif now >= conn.next_ping_at:
                 conn.next_ping_at = now + s.ping_interval
                 conn.send_ping(now)
-                if conn.id_claim is not None and now - conn.id_claimed_at > CLAIM_REFRESH:
+                if conn.id_claim is not None and now - conn.id_claimed_at > CLAIM_REFRESH \
+                        and not refresh_all:
                     claims_due.append(conn)
                 if conn.ctx.user_id is not None and not conn.ctx.is_public:
                     to_check.append(conn)
         if to_check:
             self.revalidate(to_check)
-        if claims_due:
-            self.state.id_claims.refresh(claims_due, now)
+        if claims is not None:
+            claims.claim_late(unclaimed, now)  # admitted while Redis was away or slow
+            claims.refresh(claims_due, now)
         self.state.sweep_namespaces()
 
     def revalidate(self, conns: List[Connection]) -> None:

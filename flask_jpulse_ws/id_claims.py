@@ -11,7 +11,12 @@ may claim again (a reconnect that lands on another worker). The claim is release
 disconnect, expires after :data:`CLAIM_TTL` if its process died, and is refreshed (or
 made again, after a Redis restart) on the ping cycle while the connection lives.
 
-While Redis is unreachable the claim is skipped: the per-process rule still holds.
+Claims, refreshes and releases go through the process's auto-pipelined link, so a storm
+of handshakes costs a few pipelines. A handshake waits at most :data:`CLAIM_WAIT` for
+its claim; while Redis is away or slower than that, the socket is admitted under the
+per-process rule and claimed by the next health cycle once Redis answers; if another
+identity holds the id by then, the socket is closed 4409 so that its client comes back
+with a fresh id.
 """
 
 from __future__ import annotations
@@ -21,18 +26,17 @@ import hmac
 import logging
 import secrets
 import uuid
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-import redis
-
-from . import concurrency
+from .errors import CloseCode
+from .redis_link import LinkError
 from .relay import client_id_key
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
     from .extension import AppState
 
-__all__ = ["IdClaims", "CLAIM_TTL", "CLAIM_REFRESH"]
+__all__ = ["IdClaims", "CLAIM_TTL", "CLAIM_REFRESH", "CLAIM_WAIT"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
@@ -41,8 +45,11 @@ CLAIM_TTL = 900
 #: Seconds after which a live connection's claim is refreshed on its next ping; a claim
 #: lost with a Redis restart is made again then.
 CLAIM_REFRESH = 300
-#: Releases sent to Redis in one pipeline.
-_RELEASE_BATCH = 1000
+#: Seconds a handshake waits for its claim before it is admitted unclaimed (and claimed
+#: by the next health cycle): a claim takes a millisecond when Redis is well.
+CLAIM_WAIT = 1.0
+#: Late claims and refreshes sent by one health cycle at the most (the rest wait a tick).
+MAX_PER_CYCLE = 5000
 
 # Take the id unless another identity holds it (the digest is the value's prefix).
 _CLAIM = """
@@ -69,87 +76,122 @@ class IdClaims:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        relay = state.relay
-        self.prefix = relay.prefix  # type: ignore[attr-defined]
-        client = relay._pub  # type: ignore[attr-defined]  # short timeouts, no retries
-        self._claim = client.register_script(_CLAIM)
-        self._release = client.register_script(_RELEASE)
-        self._refresh = client.register_script(_REFRESH)
+        relay: Any = state.relay
+        self.relay = relay
+        self.prefix = relay.prefix
+        self.link = relay.link
+        self._claim = self.link.register_script(_CLAIM)
+        self._release = self.link.register_script(_RELEASE)
+        self._refresh = self.link.register_script(_REFRESH)
         secret = state.app.secret_key or self.prefix
         self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
-        self._releases: List[Tuple[str, str]] = []
-        self._releasing = False
-        self._release_lock = concurrency.Lock()
+        self._refresh_all = False
+        self.made = 0
+        self.deferred = 0  # admitted without a claim (Redis away or slow)
+        self.late = 0  # claimed afterwards by the health cycle
+        self.conflicts = 0  # closed 4409: another identity held the id meanwhile
 
     def digest(self, identity: tuple) -> str:
         """The identity as stored in Redis: keyed, so tokens and IPs are not readable."""
         return hmac.new(self._key, repr(identity).encode(), hashlib.sha256).hexdigest()
 
+    def _key_of(self, path: str, client_id: str) -> str:
+        return client_id_key(self.prefix, path, client_id)
+
     def claim(self, path: str, client_id: str, identity: tuple) -> Tuple[str, Optional[str]]:
-        """(the id to use, the claim to release later or ``None`` if none was made)."""
-        relay = self.state.relay
-        if not relay.ensure_available():  # type: ignore[attr-defined]
+        """(the id to use, the claim to release later, or ``None`` when none could be
+        made now: the health cycle makes it later, see :meth:`claim_late`)."""
+        if not self.relay.ensure_available():
+            self.deferred += 1
             return client_id, None
         digest = self.digest(identity)
         for _ in range(3):  # a fresh uuid4 is free; more tries only guard the impossible
             nonce = secrets.token_hex(4)
             try:
-                taken = self._claim(keys=[client_id_key(self.prefix, path, client_id)],
-                                    args=[digest, nonce, int(CLAIM_TTL * 1000)])
-            except (redis.RedisError, OSError) as exc:
-                relay.report_failure(f"client id claim failed: {exc}")  # type: ignore[attr-defined]
+                taken = self.link.eval(self._claim, [self._key_of(path, client_id)],
+                                       [digest, nonce, int(CLAIM_TTL * 1000)],
+                                       timeout=CLAIM_WAIT)
+            except LinkError as exc:
+                log.info("client id claim deferred: %s", exc)
+                self.deferred += 1
                 return client_id, None
             if taken:
+                self.made += 1
                 return client_id, f"{digest}:{nonce}"
             client_id = str(uuid.uuid4())  # held by another identity elsewhere
+        self.deferred += 1
         return client_id, None
 
-    def release(self, conn: Connection) -> None:
-        """Give the id up, soon: releases are sent in batches by one task, so that
-        thousands of clients leaving at once do not open thousands of Redis connections.
-        ``conn`` holds a claim (``conn.id_claim``)."""
-        key = client_id_key(self.prefix, conn.namespace.path, conn.client_id)
-        with self._release_lock:
-            self._releases.append((key, str(conn.id_claim)))
-            if self._releasing:
-                return
-            self._releasing = True
-        concurrency.spawn(self.flush_releases)
-
-    def flush_releases(self) -> None:
-        """Send the pending releases now (a claim not released expires by itself)."""
+    def claim_late(self, conns: List[Connection], now: float) -> None:
+        """Claim the ids of sockets admitted without a claim; close 4409 any whose id
+        another identity took meanwhile."""
+        if not conns or not self.relay.ensure_available():
+            return
+        conns = conns[:MAX_PER_CYCLE]
+        pipe = self.link.pipeline()
+        values = []
+        for conn in conns:
+            digest, nonce = self.digest(conn.identity), secrets.token_hex(4)
+            values.append(f"{digest}:{nonce}")
+            self._claim(keys=[self._key_of(conn.namespace.path, conn.client_id)],
+                        args=[digest, nonce, int(CLAIM_TTL * 1000)], client=pipe)
         try:
-            while True:
-                with self._release_lock:
-                    batch = self._releases[:_RELEASE_BATCH]
-                    del self._releases[:_RELEASE_BATCH]
-                    if not batch:
-                        return
-                try:
-                    pipe = self.state.relay._pub.pipeline(transaction=False)  # type: ignore[attr-defined]
-                    for key, value in batch:
-                        self._release(keys=[key], args=[value], client=pipe)
-                    pipe.execute()
-                except (redis.RedisError, OSError) as exc:
-                    log.info("could not release %d client id claims: %s", len(batch), exc)
-        finally:
-            with self._release_lock:
-                self._releasing = False
+            results = self.link.run(pipe)
+        except LinkError as exc:
+            log.info("could not claim %d client ids yet: %s", len(conns), exc)
+            return
+        for conn, value, taken in zip(conns, values, results):
+            conn.needs_claim = False
+            if not conn.open:
+                if taken:
+                    self._post_release(conn.namespace.path, conn.client_id, value)
+                continue
+            if taken:
+                conn.id_claim, conn.id_claimed_at = value, now
+                self.late += 1
+            else:
+                self.conflicts += 1
+                conn.close(CloseCode.REPLACED, "Client id in use elsewhere: reconnect")
+
+    def release(self, conn: Connection) -> None:
+        """Give the id up (queued, not waited for: a claim not released expires by
+        itself). ``conn`` holds a claim (``conn.id_claim``)."""
+        self._post_release(conn.namespace.path, conn.client_id, str(conn.id_claim))
+
+    def _post_release(self, path: str, client_id: str, value: str) -> None:
+        pipe = self.link.pipeline()
+        self._release(keys=[self._key_of(path, client_id)], args=[value], client=pipe)
+        self.link.post(pipe)
+
+    def recovered(self) -> None:
+        """Redis answers again after an outage: it may have restarted empty, so every
+        claim is made again on the next health cycle."""
+        self._refresh_all = True
+
+    def take_refresh_all(self) -> bool:
+        """True once after :meth:`recovered` (the health cycle then refreshes all)."""
+        flag, self._refresh_all = self._refresh_all, False
+        return flag
 
     def refresh(self, due: List[Connection], now: float) -> None:
         """Refresh (or make again) the claims of ``due``: connections holding a claim
         older than :data:`CLAIM_REFRESH` (the health scheduler picks them)."""
-        if not due or not self.state.relay.ensure_available():  # type: ignore[attr-defined]
+        if not due or not self.relay.ensure_available():
             return
-        try:
-            pipe = self.state.relay._pub.pipeline(transaction=False)  # type: ignore[attr-defined]
-            for conn in due:
-                self._refresh(keys=[client_id_key(self.prefix, conn.namespace.path,
-                                                  conn.client_id)],
+        for start in range(0, len(due), MAX_PER_CYCLE):
+            part = due[start:start + MAX_PER_CYCLE]
+            pipe = self.link.pipeline()
+            for conn in part:
+                self._refresh(keys=[self._key_of(conn.namespace.path, conn.client_id)],
                               args=[conn.id_claim, int(CLAIM_TTL * 1000)], client=pipe)
-            pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            log.info("could not refresh client id claims: %s", exc)
-            return
-        for conn in due:
-            conn.id_claimed_at = now
+            try:
+                self.link.run(pipe)
+            except LinkError as exc:  # due again at their next ping
+                log.info("could not refresh client id claims: %s", exc)
+                return
+            for conn in part:
+                conn.id_claimed_at = now
+
+    def status(self) -> Dict[str, int]:
+        return {"made": self.made, "deferred": self.deferred, "late": self.late,
+                "conflicts": self.conflicts}

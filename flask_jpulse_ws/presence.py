@@ -258,15 +258,16 @@ class PresenceTracker:
         now = time.time()
         own_prefix = self.state.relay.host_id + "|"
         try:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._link.pipeline()
             pipe.zrangebyscore(zkey, now, "+inf")
             pipe.zcount(zkey, "-inf", f"({now}")
-            ids, expired = pipe.execute()
+            ids, expired = self._link.run(pipe)
             ids = [_text(i) for i in ids]
             others = [i for i in ids if not i.startswith(own_prefix)]
             remote: List[Member] = []
             for start in range(0, len(others), REDIS_CHUNK):
-                for raw in self._redis.hmget(hkey, others[start:start + REDIS_CHUNK]):
+                for raw in self._link.call("HMGET", hkey,
+                                           *others[start:start + REDIS_CHUNK]):
                     member = _decode_member(raw)
                     if member is not None:
                         remote.append(member)
@@ -330,24 +331,24 @@ class PresenceTracker:
 
     # ------------------------------------------------------------ Redis
     @property
-    def _redis(self) -> Any:
-        return self.state.relay._pub  # type: ignore[attr-defined]  # short timeouts
+    def _link(self) -> Any:
+        return self.state.relay.link  # type: ignore[attr-defined]  # redis_link.RedisLink
 
     @property
     def _errors(self) -> Tuple[Type[BaseException], ...]:
-        import redis
-        return (redis.RedisError, OSError)
+        from .redis_link import LinkError
+        return (LinkError,)
 
     def _redis_ready(self) -> bool:
         relay: Any = self.state.relay
         return bool(relay.distributed and relay.ensure_available())
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        import redis
-        if isinstance(exc, redis.ResponseError):  # our command, not the connection
+        from .redis_link import CommandFailed
+        if isinstance(exc, CommandFailed):  # our command, not the connection
             log.error("%s failed: %s", what, exc)
-        else:
-            self.state.relay.report_failure(f"{what} failed: {exc}")  # type: ignore[attr-defined]
+        else:  # Redis away (the link opened the circuit) or busy: retried later
+            log.info("%s failed: %s", what, exc)
 
     def _keys(self, path: str) -> Tuple[str, str]:
         return presence_keys(self.state.settings.channel_prefix, path)
@@ -377,7 +378,7 @@ class PresenceTracker:
             return
         expiry = time.time() + self.ttl
         try:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._link.pipeline()
             for path, fields in gone.items():  # removals first: a replaced id is re-set
                 if fields:
                     hkey, zkey = self._keys(path)
@@ -387,7 +388,7 @@ class PresenceTracker:
                 present = list(batch.joined.values()) + list(batch.updated.values())
                 if present:
                     self._write_members(pipe, path, present, expiry)
-            pipe.execute()
+            self._link.run(pipe)
         except self._errors as exc:
             self._keep_unsynced(gone)
             self._next_refresh = 0.0  # rewrite our members once Redis answers
@@ -424,7 +425,7 @@ class PresenceTracker:
         now = time.time()
         expiry = now + self.ttl
         try:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._link.pipeline()
             for path, members in local.items():
                 hkey, zkey = self._keys(path)
                 pipe.hset(hkey, mapping={self._field(m): envelope.encode_json(m)
@@ -434,7 +435,7 @@ class PresenceTracker:
                 pipe.expire(hkey, self._key_ttl())
                 pipe.expire(zkey, self._key_ttl())
                 pipe.zcount(zkey, "-inf", f"({now}")
-            results = iter(pipe.execute())
+            results = iter(self._link.run(pipe))
         except self._errors as exc:
             self._failed("presence refresh", exc)
             return
@@ -468,7 +469,7 @@ class PresenceTracker:
         hkey, zkey = self._keys(path)
         own_prefix = self.state.relay.host_id + "|"
         try:
-            raw = self._redis.eval(REAP_SCRIPT, 2, hkey, zkey, now, REDIS_CHUNK)
+            raw = self._link.call("EVAL", REAP_SCRIPT, 2, hkey, zkey, now, REDIS_CHUNK)
         except self._errors as exc:
             self._failed("presence reap", exc)
             return 0

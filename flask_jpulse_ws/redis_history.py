@@ -12,9 +12,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
-import redis
-
 from .history import Position, new_epoch
+from .redis_link import LinkDown, LinkError
 from .relay import history_keys
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,14 +55,33 @@ return {epoch, tonumber(redis.call('HGET', KEYS[1], 'offset'))}
 """
 
 
+# KEYS: meta hash, stream. ARGV: the last offset the client has. Reads the position and
+# the entries after it at one instant: {epoch, offset, id1, fields1, id2, fields2, ...}.
+_SINCE = """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+local out = {meta[1] or false, meta[2] or false}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[1], '+')) do
+  out[#out + 1] = entry[1]
+  out[#out + 1] = entry[2]
+end
+return out
+"""
+
+#: Seconds a broadcast waits for its turn to be stored (it stays queued after that).
+APPEND_WAIT = 10.0
+#: Seconds a handshake waits for the history position or a replay.
+READ_WAIT = 2.0
+
+
 class RedisHistory:
-    """The history store of a Redis relay (its short-timeout client, its circuit)."""
+    """The history store of a Redis relay (through its link, under its circuit)."""
 
     def __init__(self, relay: RedisRelay) -> None:
         self.relay = relay
-        self._client = relay._pub
-        self._append = self._client.register_script(_APPEND)
-        self._position = self._client.register_script(_POSITION)
+        self.link = relay.link
+        self._append = self.link.register_script(_APPEND)
+        self._position = self.link.register_script(_POSITION)
+        self._since = self.link.register_script(_SINCE)
         self._broken: set = set()  # paths whose stream lost a broadcast: reset next time
 
     def append(self, path: str, frame_json: bytes, size: int, ttl: float,
@@ -75,12 +93,14 @@ class RedisHistory:
         meta, stream = history_keys(self.relay.prefix, path)
         reset = "1" if path in self._broken else "0"
         try:
-            self._append(keys=[meta, stream, self.relay.channel],
-                         args=[frame_json, size, int(ttl * 1000), new_epoch(), reset,
-                               int(time.time() * 1000), path, msg_type])
-        except (redis.RedisError, OSError) as exc:
+            self.link.eval(self._append, [meta, stream, self.relay.channel],
+                           [frame_json, size, int(ttl * 1000), new_epoch(), reset,
+                            int(time.time() * 1000), path, msg_type],
+                           timeout=APPEND_WAIT, cancel_on_timeout=False)
+        except LinkError as exc:
             self._broken.add(path)  # it may have been stored: a new epoch settles it
-            self.relay.report_failure(f"history append failed: {exc}")
+            if not isinstance(exc, LinkDown):
+                log.warning("history append of %s failed: %s", path, exc)
             return False
         self._broken.discard(path)
         return True
@@ -90,9 +110,10 @@ class RedisHistory:
             return None
         meta, _ = history_keys(self.relay.prefix, path)
         try:
-            epoch, offset = self._position(keys=[meta], args=[new_epoch(), int(ttl * 1000)])
-        except (redis.RedisError, OSError) as exc:
-            self.relay.report_failure(f"history position failed: {exc}")
+            epoch, offset = self.link.eval(self._position, [meta],
+                                           [new_epoch(), int(ttl * 1000)], timeout=READ_WAIT)
+        except LinkError as exc:
+            log.info("history position of %s not read: %s", path, exc)
             return None
         return _text(epoch), int(offset)
 
@@ -103,21 +124,21 @@ class RedisHistory:
             return None
         meta, stream = history_keys(self.relay.prefix, path)
         try:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hmget(meta, "epoch", "offset")
-            pipe.xrange(stream, f"(0-{since[1]}", "+")
-            (epoch, offset), entries = pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            self.relay.report_failure(f"history read failed: {exc}")
+            reply = self.link.eval(self._since, [meta, stream], [since[1]], timeout=READ_WAIT)
+        except LinkError as exc:
+            log.info("history of %s not read: %s", path, exc)
             return None
-        if epoch is None or _text(epoch) != since[0] or int(offset) < since[1]:
+        epoch, offset, rest = reply[0], reply[1], reply[2:]
+        if not epoch or _text(epoch) != since[0] or int(offset) < since[1]:
             return None
         wanted = int(offset) - since[1]
-        if len(entries) != wanted:
+        if len(rest) != 2 * wanted:
             return None  # trimmed or expired: older than the history holds
         horizon_ms = (time.time() - ttl) * 1000
         out = []
-        for expected, (entry_id, fields) in enumerate(entries, since[1] + 1):
+        for expected, i in enumerate(range(0, len(rest), 2), since[1] + 1):
+            entry_id, flat = rest[i], rest[i + 1]
+            fields = dict(zip(flat[::2], flat[1::2]))
             off = int(_text(entry_id).split("-", 1)[1])
             if off != expected or int(fields[b"t"]) < horizon_ms:
                 return None

@@ -1,7 +1,7 @@
 """The Redis transport of the relay: one pub/sub channel per app, one subscriber
-greenlet per process, publishes on the caller's greenlet with short timeouts, a
-circuit that drops (never buffers) while Redis is away, and a ``_resync`` to every
-client that may have missed something.
+greenlet per process, publishes through the process's auto-pipelined link (the caller
+waits until its message is in Redis), a circuit that drops (never buffers) while Redis
+is away, and a ``_resync`` to every client that may have missed something.
 
 Imported only when ``JPULSE_WS_REDIS_URL`` is set. See ``docs/scaling.md``.
 """
@@ -20,6 +20,7 @@ from redis.retry import Retry
 
 from . import concurrency, envelope
 from .redis_connect import redis_client
+from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkError, RedisLink
 from .relay import Relay, encode_op, instances_key, merge_instances, relay_channel, stats_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,8 +30,11 @@ __all__ = ["RedisRelay", "check_cooperative"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
-#: Seconds a publish or stats call may wait on Redis; past it the circuit opens.
-PUBLISH_TIMEOUT = 0.5
+#: Seconds a publish waits for its turn in the link's queue (Redis slow, not down);
+#: past it the message counts as dropped and a ``_resync`` follows. It stays queued.
+PUBLISH_WAIT = 10.0
+#: Seconds a stats read or write waits for the link.
+STATS_WAIT = 2.0
 #: Seconds to open a TCP connection to Redis (local network: refused or fast).
 CONNECT_TIMEOUT = 0.5
 #: Seconds the subscriber waits for a reply to its own commands (health-check pings).
@@ -83,9 +87,12 @@ class RedisRelay(Relay):
         self.url = str(s.redis_url)
         self.prefix = s.channel_prefix
         self.channel = relay_channel(self.prefix)
-        self._pub = redis_client(self.url, socket_timeout=PUBLISH_TIMEOUT,
-                                         socket_connect_timeout=CONNECT_TIMEOUT,
-                                         retry=_NO_RETRY)
+        # One connection for every short command of this process (redis_link.py); the
+        # pool holds one because only the link's flusher ever borrows from it.
+        self.link = RedisLink(redis_client(self.url, socket_timeout=REPLY_TIMEOUT,
+                                           socket_connect_timeout=CONNECT_TIMEOUT,
+                                           retry=_NO_RETRY, max_connections=1),
+                              on_down=self.report_failure)
         self._first_attempt: Any = None
         self._started = False
         self._stopped = False
@@ -116,6 +123,7 @@ class RedisRelay(Relay):
 
     def stop(self) -> None:
         self._stopped = True
+        self.link.stop()
 
     # ------------------------------------------------------------------ publishing
     def publish(self, op: str, **fields: Any) -> None:
@@ -129,11 +137,13 @@ class RedisRelay(Relay):
             self._drop(op, path, fields)
             return
         try:
-            self._pub.publish(self.channel, encode_op(self.host_id, op, fields))
+            self.link.call("PUBLISH", self.channel, encode_op(self.host_id, op, fields),
+                           timeout=PUBLISH_WAIT, cancel_on_timeout=False)
             self.published += 1
-        except (redis.RedisError, OSError) as exc:  # may have passed: resync covers it
+        except LinkBusy:  # still queued and likely to pass: a resync covers it anyway
             self._drop(op, path, fields)
-            self._enter_degraded(f"publish failed: {exc}", subscription_lost=False)
+        except LinkError:  # the link opened the circuit; it may have passed
+            self._drop(op, path, fields)
 
     def _drop(self, op: str, path: Optional[str], fields: Dict[str, Any]) -> None:
         self.dropped += 1
@@ -142,12 +152,16 @@ class RedisRelay(Relay):
         if op == "revoke":
             if len(self._pending_revokes) < MAX_PENDING_REVOKES:
                 self._pending_revokes.add(str(fields.get("token")))
-        elif path is None or op == "resync":
-            self._gap_all = True
-        elif len(self._gap_paths) < MAX_GAP_PATHS:
-            self._gap_paths.add(path)
+        elif op == "resync":  # sent again later, for the same paths
+            self._add_gaps(fields.get("paths"))
         else:
+            self._add_gaps(None if path is None else [path])
+
+    def _add_gaps(self, paths: Optional[List[str]]) -> None:
+        if paths is None or len(self._gap_paths) + len(paths) > MAX_GAP_PATHS:
             self._gap_all = True
+        else:
+            self._gap_paths.update(paths)
 
     # ------------------------------------------------------------------ subscribing
     def _subscriber(self) -> None:
@@ -205,6 +219,8 @@ class RedisRelay(Relay):
             if now >= next_stats and not self.degraded:
                 next_stats = now + STATS_INTERVAL
                 self._publish_stats()
+            if not self.degraded and (self._gap_all or self._gap_paths):
+                self._publish_gaps()  # dropped while Redis was busy, not down
 
     def _on_message(self, data: bytes) -> None:
         self.received += 1
@@ -222,8 +238,8 @@ class RedisRelay(Relay):
         self._subscribed = True
         self._first_attempt.set()
         try:
-            self._pub.ping()
-        except (redis.RedisError, OSError) as exc:
+            self.link.call("PING", timeout=REPLY_TIMEOUT)
+        except LinkError as exc:
             self._enter_degraded(f"publisher unavailable: {exc}", subscription_lost=False)
             self._next_probe = concurrency.monotonic() + BACKOFF_MIN
             return
@@ -232,8 +248,8 @@ class RedisRelay(Relay):
 
     def _probe(self, now: float) -> None:
         try:
-            self._pub.ping()
-        except (redis.RedisError, OSError):
+            self.link.call("PING", timeout=REPLY_TIMEOUT)
+        except LinkError:
             self._next_probe = now + BACKOFF_MAX
             return
         self._recover()
@@ -245,7 +261,7 @@ class RedisRelay(Relay):
         return not self.degraded
 
     def report_failure(self, reason: str) -> None:
-        """A command on the publisher connection failed: open the circuit."""
+        """The link's connection failed (or Redis did not answer): open the circuit."""
         self._enter_degraded(reason, subscription_lost=False)
 
     # ------------------------------------------------------------------ the circuit
@@ -259,10 +275,6 @@ class RedisRelay(Relay):
         self.outages += 1
         self._down_since = concurrency.monotonic()
         self._next_probe = self._down_since + BACKOFF_MIN
-        try:
-            self._pub.connection_pool.disconnect()  # reconnect fresh when Redis is back
-        except Exception:  # noqa: BLE001
-            pass
         log.warning("Redis relay degraded (%s): local delivery continues; relayed "
                     "messages are dropped until %s answers again", reason, self.url)
 
@@ -271,30 +283,35 @@ class RedisRelay(Relay):
         self.degraded = False
         self._down_since = None
         sub_gap, self._sub_gap = self._sub_gap, False
-        gap_all, self._gap_all = self._gap_all, False
-        gap_paths, self._gap_paths = sorted(self._gap_paths), set()
         revokes, self._pending_revokes = list(self._pending_revokes), set()
         resynced = self.state.resync_all("relay-gap") if sub_gap else 0
         if resynced:
             self.resyncs += 1
-        if gap_all or gap_paths:  # other processes missed what we dropped
-            self.publish("resync", paths=None if gap_all else gap_paths)
+        self._publish_gaps()
         for token in revokes:
             self.publish("revoke", token=token)
+        self.state.id_claims.recovered()  # claims lost with a Redis restart: make again
         log.warning("Redis relay restored after %.1f s: %d messages dropped so far, "
                     "_resync sent to %d local clients", down, self.dropped, resynced)
+
+    def _publish_gaps(self) -> None:
+        """Tell the other processes which namespaces missed what this one dropped."""
+        gap_all, self._gap_all = self._gap_all, False
+        gap_paths, self._gap_paths = sorted(self._gap_paths), set()
+        if gap_all or gap_paths:
+            self.publish("resync", paths=None if gap_all else gap_paths)
 
     # ------------------------------------------------------------------ stats
     def _publish_stats(self) -> None:
         row = self.state.instance_stats()
+        pipe = self.link.pipeline()
+        pipe.set(stats_key(self.prefix, self.host_id), envelope.encode_json(row),
+                 ex=STATS_TTL)
+        pipe.sadd(instances_key(self.prefix), self.host_id)
+        pipe.expire(instances_key(self.prefix), STATS_TTL * 6)
         try:
-            pipe = self._pub.pipeline(transaction=False)
-            pipe.set(stats_key(self.prefix, self.host_id), envelope.encode_json(row),
-                     ex=STATS_TTL)
-            pipe.sadd(instances_key(self.prefix), self.host_id)
-            pipe.expire(instances_key(self.prefix), STATS_TTL * 6)
-            pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+            self.link.run(pipe, timeout=STATS_WAIT)
+        except LinkError as exc:
             log.info("could not publish stats to Redis: %s", exc)
 
     def cluster_stats(self) -> Dict[str, Any]:
@@ -306,10 +323,11 @@ class RedisRelay(Relay):
         error = None
         try:
             members = [m.decode() if isinstance(m, bytes) else str(m)
-                       for m in self._pub.smembers(instances_key(self.prefix))]
+                       for m in self.link.call("SMEMBERS", instances_key(self.prefix),
+                                               timeout=STATS_WAIT)]
             others = [m for m in members if m != self.host_id]
-            values = self._pub.mget([stats_key(self.prefix, m) for m in others]) \
-                if others else []
+            values = self.link.call("MGET", *[stats_key(self.prefix, m) for m in others],
+                                    timeout=STATS_WAIT) if others else []
             gone = []
             for member, raw in zip(others, values):
                 if raw is None:
@@ -317,8 +335,9 @@ class RedisRelay(Relay):
                 else:
                     rows.append(envelope.decode_json(raw))
             if gone:
-                self._pub.srem(instances_key(self.prefix), *gone)
-        except (redis.RedisError, OSError) as exc:
+                self.link.call("SREM", instances_key(self.prefix), *gone,
+                               timeout=STATS_WAIT)
+        except LinkError as exc:
             error = f"Redis unavailable: {exc}"
         merged = merge_instances(rows)
         if error:
@@ -332,7 +351,8 @@ class RedisRelay(Relay):
                     "ownEchoes": self.own_echoes, "dropped": self.dropped,
                     "outages": self.outages, "resyncs": self.resyncs,
                     "lastError": self.last_error, "pid": os.getpid(),
-                    "host": socket.gethostname()})
+                    "host": socket.gethostname(), "link": self.link.status(),
+                    "idClaims": self.state.id_claims.status()})
         if self._down_since is not None:
             out["degradedFor"] = round(concurrency.monotonic() - self._down_since, 3)
         return out

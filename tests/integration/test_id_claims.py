@@ -1,6 +1,6 @@
 """The Redis scripts behind cluster-wide client id claims, against a private redis-server.
 
-A stand-in for the app state carries what ``IdClaims`` uses: the relay's Redis client
+A stand-in for the app state carries what ``IdClaims`` uses: the relay's link to Redis
 and prefix, and the app's secret key. The handshake side is covered by
 test_cluster.py::test_a_client_id_held_on_another_worker_is_not_given_to_another_identity.
 """
@@ -11,6 +11,7 @@ import redis as redis_py
 from servers import wait_for
 
 from flask_jpulse_ws.id_claims import CLAIM_REFRESH, CLAIM_TTL, IdClaims
+from flask_jpulse_ws.redis_link import RedisLink
 from flask_jpulse_ws.relay import client_id_key
 
 PATH = "/api/1/ws/rooms/a"
@@ -20,8 +21,8 @@ ID2 = "0b9c8d7e-6f5a-4b3c-9d2e-1f0a9b8c7d6e"
 
 def make_claims(url):
     client = redis_py.Redis.from_url(url)
-    relay = SimpleNamespace(prefix="claims-test", _pub=client, ensure_available=lambda: True,
-                            report_failure=lambda reason: None)
+    link = RedisLink(redis_py.Redis.from_url(url), on_down=lambda reason: None)
+    relay = SimpleNamespace(prefix="claims-test", link=link, ensure_available=lambda: True)
     state = SimpleNamespace(relay=relay, app=SimpleNamespace(secret_key="s3cret"))
     return IdClaims(state), client
 
@@ -45,7 +46,7 @@ def test_claims_keep_ids_per_identity_and_release_only_their_own(redis_server):
     again, second = claims.claim(PATH, ID, alice)  # the same identity, another worker
     assert again == ID and second != first
     # The older socket's release leaves the newer socket's claim alone (the script):
-    assert claims._release(keys=[key], args=[first]) == 0
+    assert claims.link.eval(claims._release, [key], [first]) == 0
     assert client.get(key).decode() == second
     claims.release(conn_of(ID, second))  # sent in a batch, from a task
     wait_for(lambda: client.get(key) is None, timeout=5, message="the claim released")

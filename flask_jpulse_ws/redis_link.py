@@ -1,0 +1,286 @@
+"""Every short Redis command of a process goes through one connection, auto-pipelined.
+
+Why: with a pool connection per waiting greenlet, a handshake storm needs as many Redis
+connections as handshakes in flight. redis-py 8 pools stop at 100 and raise
+``MaxConnectionsError``, which looked like an outage and opened the circuit while Redis
+was healthy. Here no caller ever holds a connection: it queues its commands and waits
+for its own results; one flusher task sends everything queued as one pipeline, reads the
+replies and hands each caller its own (auto-pipelining, as rueidis does for Centrifugo
+and ioredis for Node). 2,000 id claims at once are two pipelines, not 2,000 round trips,
+and Redis sees one connection per process besides the subscriber.
+
+Calls run in the order they were queued, so one caller's publishes reach Redis in order.
+
+Every failure is mapped here, once:
+
+- :class:`LinkDown`: the connection failed or Redis did not answer within
+  :data:`REPLY_TIMEOUT`. Any exception out of redis-py or the socket counts (``RedisError``,
+  ``OSError``, a ``ValueError`` from a file closed under it). The link reports it once to
+  ``on_down`` (the relay's circuit) and fails everything queued behind it.
+- :class:`LinkBusy`: the caller waited longer than it was ready to, or the queue is full.
+  Redis may be fine: the circuit is not told; the caller takes its documented fallback.
+- :class:`CommandFailed`: Redis answered with an error (a bug of ours, never an outage).
+
+Only the flusher touches the connection, so closing it after a failure can never cut a
+command another greenlet is in the middle of.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
+
+import redis
+from redis.commands.core import Script
+
+from . import concurrency
+
+__all__ = ["RedisLink", "LinkError", "LinkDown", "LinkBusy", "CommandFailed",
+           "REPLY_TIMEOUT", "CALL_WAIT", "MAX_QUEUED", "MAX_BATCH"]
+
+log = logging.getLogger("flask_jpulse_ws")
+
+#: Seconds Redis may take to answer a pipeline before the link counts it as down. A
+#: pipeline of 1,000 scripts takes a few ms; a starved gevent hub can add hundreds of ms
+#: before the reply is read, which must not look like an outage.
+REPLY_TIMEOUT = 2.0
+#: Seconds a caller waits for its results by default; then :class:`LinkBusy`.
+CALL_WAIT = 5.0
+#: Calls that may wait in the queue; beyond it a call fails at once with LinkBusy
+#: instead of growing memory behind a slow Redis.
+MAX_QUEUED = 20000
+#: Commands sent in one pipeline at the most (a call's commands are never split).
+MAX_BATCH = 1000
+
+
+class LinkError(Exception):
+    """A Redis call did not give its result; the caller takes its fallback."""
+
+
+class LinkDown(LinkError):  # noqa: N818 - read as a state: raise LinkDown
+    """The connection to Redis failed or Redis did not answer (already reported)."""
+
+
+class LinkBusy(LinkError):  # noqa: N818 - read as a state: raise LinkDown
+    """The call waited too long for its turn, or the queue is full: not an outage."""
+
+
+class CommandFailed(LinkError):  # noqa: N818 - read as a state: raise LinkDown
+    """Redis answered a command with an error."""
+
+
+class _Call:
+    __slots__ = ("commands", "scripts", "results", "error", "done", "cancelled")
+
+    def __init__(self, commands: List[Any], scripts: Sequence[Script]) -> None:
+        self.commands = commands  # [(args, options)] as redis-py's Pipeline records them
+        self.scripts = scripts
+        self.results: Optional[List[Any]] = None
+        self.error: Optional[LinkError] = None
+        self.done: Any = None  # an Event, made only for a caller that waits
+        self.cancelled = False
+
+
+class RedisLink:
+    """One process's command channel to Redis (the subscriber has its own connection).
+
+    ``client`` is a ``redis.Redis`` that nothing else uses, made without retries (a
+    retried PUBLISH could deliver twice) and with ``socket_timeout=REPLY_TIMEOUT``.
+    ``on_down(reason)`` is called from the flusher when the connection fails.
+    """
+
+    def __init__(self, client: redis.Redis, on_down: Callable[[str], None],
+                 max_queued: int = MAX_QUEUED, max_batch: int = MAX_BATCH) -> None:
+        self._client = client
+        self._on_down = on_down
+        self._max_queued = max_queued
+        self._max_batch = max_batch
+        self._queue: Deque[_Call] = deque()
+        self._wake = concurrency.Event()
+        self._flusher: Any = None
+        self._spawn_lock = concurrency.Lock()
+        self._stopped = False
+        self.calls = 0
+        self.batches = 0
+        self.largest_batch = 0
+        self.busy = 0
+        self.failures = 0
+
+    # ------------------------------------------------------------------ calling
+    def pipeline(self) -> Any:
+        """A recorder with redis-py's command methods; nothing is sent until :meth:`run`."""
+        return self._client.pipeline(transaction=False)
+
+    def register_script(self, source: str) -> Script:
+        return self._client.register_script(source)
+
+    def run(self, recorded: Any, timeout: Optional[float] = CALL_WAIT,
+            cancel_on_timeout: bool = True) -> List[Any]:
+        """Send the commands recorded on ``recorded`` (from :meth:`pipeline`) with
+        whatever else is queued; return their results in order.
+
+        :param timeout: seconds to wait for the results, then :class:`LinkBusy`.
+        :param cancel_on_timeout: a call still queued when its caller gives up is not
+            sent (for claims); ``False`` keeps it queued (for publishes: order holds).
+        """
+        call = self._enqueue(recorded, wait=True)
+        if not call.done.wait(timeout):
+            call.cancelled = cancel_on_timeout
+            self.busy += 1
+            raise LinkBusy(f"no reply from the Redis queue within {timeout} s")
+        if call.error is not None:
+            raise call.error
+        assert call.results is not None
+        return call.results
+
+    def post(self, recorded: Any) -> bool:
+        """Queue the recorded commands without waiting for them (results ignored);
+        False when the queue is full."""
+        try:
+            self._enqueue(recorded, wait=False)
+        except LinkBusy:
+            return False
+        return True
+
+    def call(self, *args: Any, timeout: Optional[float] = CALL_WAIT,
+             cancel_on_timeout: bool = True) -> Any:
+        """One command, e.g. ``link.call("PUBLISH", channel, data)``."""
+        rec = self.pipeline()
+        rec.execute_command(*args)
+        return self.run(rec, timeout, cancel_on_timeout)[0]
+
+    def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any],
+             timeout: Optional[float] = CALL_WAIT, cancel_on_timeout: bool = True) -> Any:
+        """One registered script (loaded into Redis on first use, and again after a
+        Redis restart)."""
+        rec = self.pipeline()
+        script(keys=keys, args=args, client=rec)
+        return self.run(rec, timeout, cancel_on_timeout)[0]
+
+    def _enqueue(self, recorded: Any, wait: bool) -> _Call:
+        if len(self._queue) >= self._max_queued:
+            self.busy += 1
+            raise LinkBusy(f"{len(self._queue)} Redis calls already queued")
+        call = _Call(list(recorded.command_stack), tuple(recorded.scripts))
+        if wait:
+            call.done = concurrency.Event()
+        self.calls += 1
+        self._queue.append(call)
+        if self._flusher is None:
+            with self._spawn_lock:  # threads mode: two first callers at once
+                if self._flusher is None:
+                    self._flusher = concurrency.spawn(self._flush_forever)
+        self._wake.set()
+        return call
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def status(self) -> Dict[str, Any]:
+        return {"queued": len(self._queue), "calls": self.calls, "batches": self.batches,
+                "largestBatch": self.largest_batch, "busy": self.busy,
+                "failures": self.failures}
+
+    # ------------------------------------------------------------------ the flusher
+    def _flush_forever(self) -> None:
+        while not self._stopped:
+            self._wake.wait()
+            self._wake.clear()  # before draining: a call queued from now on wakes us again
+            while self._queue and not self._stopped:
+                try:
+                    self._flush_once()
+                except Exception:  # the flusher must outlive anything
+                    log.exception("Redis link flusher failed")
+
+    def _take_batch(self) -> List[_Call]:
+        batch: List[_Call] = []
+        size = 0
+        while self._queue:
+            call = self._queue[0]
+            if batch and size + len(call.commands) > self._max_batch:
+                break
+            self._queue.popleft()
+            if call.cancelled:
+                continue
+            batch.append(call)
+            size += len(call.commands)
+        return batch
+
+    def _flush_once(self) -> None:
+        batch = self._take_batch()
+        if not batch:
+            return
+        try:
+            results = self._execute(batch)
+        except Exception as exc:  # noqa: BLE001 - every failure of the connection is mapped
+            self._connection_failed(batch, exc)
+            return
+        self.batches += 1
+        self.largest_batch = max(self.largest_batch, len(results))
+        retry: List[_Call] = []
+        it = iter(results)
+        for call in batch:
+            mine = [next(it) for _ in call.commands]
+            if call.scripts and any(isinstance(r, redis.exceptions.NoScriptError)
+                                    for r in mine):
+                retry.append(call)  # Redis restarted or flushed its scripts: load, resend
+                continue
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            if error is not None:
+                self._finish(call, None, CommandFailed(str(error)))
+            else:
+                self._finish(call, mine, None)
+        if retry:
+            self._load_scripts(retry)
+
+    def _execute(self, batch: List[_Call]) -> List[Any]:
+        pipe = self._client.pipeline(transaction=False)
+        for call in batch:
+            pipe.command_stack.extend(call.commands)
+        try:
+            # redis-py's execute() would check its scripts with an extra round trip;
+            # NOSCRIPT replies are handled per call above instead.
+            return pipe.execute(raise_on_error=False)
+        finally:
+            pipe.reset()
+
+    def _load_scripts(self, calls: List[_Call]) -> None:
+        sources = {s.sha: s.script for call in calls for s in call.scripts}
+        try:
+            for source in sources.values():
+                self._client.script_load(source)
+        except Exception as exc:  # noqa: BLE001
+            self._connection_failed(calls, exc)
+            return
+        self._queue.extendleft(reversed(calls))  # first again, in their order
+
+    def _connection_failed(self, batch: List[_Call], exc: BaseException) -> None:
+        if isinstance(exc, redis.ResponseError):  # Redis answered: not the connection
+            for call in batch:
+                self._finish(call, None, CommandFailed(str(exc)))
+            return
+        self.failures += 1
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        try:
+            self._client.connection_pool.disconnect()  # only the flusher uses it
+        except Exception:  # noqa: BLE001 - closing a dead socket
+            pass
+        error = LinkDown(reason)
+        queued = list(self._queue)  # they would meet the same dead Redis: fail them now
+        self._queue.clear()
+        for call in batch + queued:
+            self._finish(call, None, error)
+        self._on_down(reason)
+
+    @staticmethod
+    def _finish(call: _Call, results: Optional[List[Any]], error: Optional[LinkError]
+                ) -> None:
+        call.results, call.error = results, error
+        if call.done is not None:
+            call.done.set()
