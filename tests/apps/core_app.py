@@ -196,6 +196,7 @@ def create_app():
         return jsonify(sent=body["count"])
 
     add_cut_route(app, ws)
+    add_faults_after_upgrade(app, ws)
 
     @app.post("/_test/send")
     def http_send():
@@ -255,3 +256,27 @@ def create_loader_app():
                                           ws.broadcast_context()))
 
     return app
+
+
+def add_faults_after_upgrade(app, ws):
+    """A library failing under the handshake after the 101, as redis-py did in 0.1.0
+    (ValueError from a socket closed under the id claim): ``/api/1/ws/faulty/admit``
+    fails during admission, ``/api/1/ws/faulty/join`` while joining. The server must
+    answer with a close frame (1011), never with an HTTP 500 in the WebSocket stream."""
+    ws.namespace("/api/1/ws/faulty/:phase")
+    state = app.extensions["jpulse_ws"]
+    get_or_create, add_activity = state.registry.get_or_create, state.activity.add
+
+    def failing_get_or_create(template, path, params):
+        if path == "/api/1/ws/faulty/admit":
+            raise ValueError("I/O operation on closed file")
+        return get_or_create(template, path, params)
+
+    def failing_add_activity(now, path, *args):
+        if path == "/api/1/ws/faulty/join":
+            raise OSError(9, "Bad file descriptor")
+        return add_activity(now, path, *args)
+
+    state.registry.get_or_create = failing_get_or_create
+    state.activity.add = failing_add_activity
+

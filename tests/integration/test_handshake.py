@@ -1,9 +1,11 @@
 """Every handshake outcome, in protocol order, against a real gevent server."""
 
+import asyncio
 import uuid
 
 import pytest
 from servers import wait_for
+from storm import StormClient
 
 from flask_jpulse_ws.testing import HandshakeRefused, WSTestClient
 
@@ -253,3 +255,28 @@ def test_namespace_cap_refuses_new_rooms_with_4529_and_keeps_existing_ones(make_
         assert again.receive(type="connected")
     for c in held:
         c.close()
+
+
+@pytest.mark.parametrize("phase", ["admit", "join"])
+def test_a_failure_after_the_upgrade_ends_in_a_close_frame_not_an_http_500(server, phase):
+    """0.1.0 let an exception raised after the 101 reach gunicorn, which wrote an HTTP
+    500 into the WebSocket stream: clients read 'H' (0x48) as a fragmented close frame,
+    and gunicorn then parsed the client's frames as the next HTTP request. Now the
+    connection ends with close 1011 on a clean stream, and the error is logged."""
+    client = StormClient()
+
+    async def attempt():
+        try:
+            await client.open(server.port, f"/api/1/ws/faulty/{phase}", timeout=5)
+        except ConnectionError:
+            pass  # the welcome never comes: the close frame does
+        await asyncio.wait_for(client.task, 5)
+
+    asyncio.run(attempt())
+    assert client.error is None  # the decoder found no stray byte
+    assert client.close_code == 1011
+    log = server.log()
+    assert "Invalid HTTP request line" not in log and "Error handling request" not in log
+    assert "I/O operation on closed file" in log or "Bad file descriptor" in log
+    with connect(server, "/api/1/ws/echo") as c:  # the worker serves on
+        assert c.receive()["data"]["type"] == "connected"
