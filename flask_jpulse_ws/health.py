@@ -52,7 +52,7 @@ class HealthScheduler:
         claims_due: List[Connection] = []
         unclaimed: List[Connection] = []
         claims = self.state.id_claims if self.state.relay.distributed else None
-        refresh_all = claims is not None and claims.take_refresh_all()
+        refresh_all = claims is not None and claims.refresh_all_wanted
         for conn in self.state.registry.connections():
             if conn.needs_claim:
                 unclaimed.append(conn)
@@ -73,9 +73,8 @@ class HealthScheduler:
                     to_check.append(conn)
         if to_check:
             self.revalidate(to_check)
-        if claims is not None:
-            claims.claim_late(unclaimed, now)  # admitted while Redis was away or slow
-            claims.refresh(claims_due, now)
+        if claims is not None:  # unclaimed: admitted while Redis was away or slow
+            claims.maintain(unclaimed, claims_due, now)
         self.state.sweep_namespaces()
 
     def revalidate(self, conns: List[Connection]) -> None:

@@ -28,6 +28,7 @@ import secrets
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
+from . import concurrency
 from .errors import CloseCode
 from .redis_link import LinkError
 from .relay import client_id_key
@@ -86,6 +87,7 @@ class IdClaims:
         secret = state.app.secret_key or self.prefix
         self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
         self._refresh_all = False
+        self._maintaining = False
         self.made = 0
         self.deferred = 0  # admitted without a claim (Redis away or slow)
         self.late = 0  # claimed afterwards by the health cycle
@@ -121,6 +123,28 @@ class IdClaims:
             client_id = str(uuid.uuid4())  # held by another identity elsewhere
         self.deferred += 1
         return client_id, None
+
+    def maintain(self, unclaimed: List[Connection], due: List[Connection], now: float
+                 ) -> None:
+        """From the health cycle: claim ``unclaimed`` ids late and refresh the claims
+        ``due``, in a task of their own so that a slow Redis never delays pings. While the
+        previous round still runs, this one is skipped: unclaimed sockets are picked up
+        again next tick, due claims at their next ping (long before they expire)."""
+        if self._maintaining or not (unclaimed or due):
+            return
+        self._maintaining = True
+        self._refresh_all = False  # the health cycle passed every claim when wanted
+        concurrency.spawn(self._maintain, unclaimed, due, now)
+
+    def _maintain(self, unclaimed: List[Connection], due: List[Connection], now: float
+                  ) -> None:
+        try:
+            self.claim_late(unclaimed, now)
+            self.refresh(due, now)
+        except Exception:  # noqa: BLE001 - the next cycle tries again
+            log.exception("client id claim maintenance failed")
+        finally:
+            self._maintaining = False
 
     def claim_late(self, conns: List[Connection], now: float) -> None:
         """Claim the ids of sockets admitted without a claim; close 4409 any whose id
@@ -168,10 +192,10 @@ class IdClaims:
         claim is made again on the next health cycle."""
         self._refresh_all = True
 
-    def take_refresh_all(self) -> bool:
-        """True once after :meth:`recovered` (the health cycle then refreshes all)."""
-        flag, self._refresh_all = self._refresh_all, False
-        return flag
+    @property
+    def refresh_all_wanted(self) -> bool:
+        """True after :meth:`recovered` until a health cycle hands every claim over."""
+        return self._refresh_all
 
     def refresh(self, due: List[Connection], now: float) -> None:
         """Refresh (or make again) the claims of ``due``: connections holding a claim
