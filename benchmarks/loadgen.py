@@ -13,7 +13,8 @@ permessage-deflate as browsers do). Three dialects ride on it:
 - ``flasksock`` a plain flask-sock app: ``/ws``, JSON frames ``{"type": ..., "data": ...}``.
 
 Scenarios (each returns a flat dict of metrics): ``idle``, ``fanout`` (closed loop),
-``burst``, ``reqrep``, ``slow`` (one slow consumer). Every wait has a timeout and every
+``burst``, ``reqrep``, ``slow`` (one slow consumer), ``storm`` (every client dropped at
+once, then reconnecting with the browser client's backoff). Every wait has a timeout and every
 loop is bounded in count and time. Only loopback addresses are accepted as targets.
 
 It can be used as a library (benchmarks/run.py) or from the command line against a server
@@ -27,14 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import errno
 import ipaddress
 import itertools
 import json
 import os
+import random
+import re
 import socket
 import struct
 import sys
 import time
+import uuid
 import zlib
 from typing import Any, Callable
 
@@ -141,6 +146,7 @@ class WSConn(asyncio.Protocol):
         self.bad = 0  # frames that could not be parsed (corrupted stream)
         self.last_error = None
         self.tag = None  # free slot for scenarios
+        self.t_upgraded = None  # when the 101 arrived
 
     # -- lifecycle --------------------------------------------------------------------
     def connection_made(self, transport):
@@ -161,8 +167,12 @@ class WSConn(asyncio.Protocol):
 
     def connection_lost(self, exc):
         if not self.ready.done():
-            why = f"connection lost before ready ({self.close_code})"
-            self.ready.set_exception(ConnectionError(why))
+            if not self.handshaken:  # as the picows client reports it (see open_conn)
+                self.ready.set_exception(ConnectionResetError(
+                    "server closed the connection before the upgrade response"))
+            else:
+                why = f"connection lost before ready ({self.close_code})"
+                self.ready.set_exception(ConnectionError(why))
         if not self.closed.done():
             self.closed.set_result(self.close_code)
         self.transport = None
@@ -209,6 +219,7 @@ class WSConn(asyncio.Protocol):
             self._deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED,
                                               -max(9, self._deflate_wbits))
         self.handshaken = True
+        self.t_upgraded = now()
         self.on_open()
         return rest
 
@@ -349,6 +360,7 @@ class JPulseDialect:
     """ours: JSON envelopes, a welcome frame first, replies carry the requestId."""
 
     PATH = "/api/1/ws/bench"
+    client_id = None  # from the welcome (a browser stores it and reconnects with ?uuid=)
 
     def on_text(self, payload, t):
         d = _loads(payload)
@@ -368,6 +380,9 @@ class JPulseDialect:
         if kind == "tick":
             self.sink.on_tick(self, inner.get("data"), t)
         elif kind == "connected":
+            welcome = inner.get("data")
+            if isinstance(welcome, dict):
+                self.client_id = welcome.get("clientId")
             if not self.ready.done():
                 self.ready.set_result(True)
 
@@ -518,6 +533,7 @@ if WSListener is not None:
             self.bad = 0
             self.last_error = None
             self.tag = None
+            self.t_upgraded = now()  # the listener is made when the 101 has arrived
 
         def on_ws_connected(self, transport):
             self.wst = transport
@@ -722,6 +738,9 @@ async def open_conn(target: Target, sink, deflate=False, rcvbuf: int | None = No
             _, proto = await ws_connect(listener_factory, url, extra_headers=headers,
                                         websocket_handshake_timeout=timeout,
                                         read_buffer_init_size=4096, max_redirects=0)
+            if proto is None:  # picows: the server hung up before any upgrade response
+                raise ConnectionResetError("server closed the connection before the upgrade "
+                                           "response")
             return await _ready(proto)
 
         return await asyncio.wait_for(_fast(), timeout)
@@ -931,23 +950,29 @@ async def worker_counts(target: Target, probes: int = 12) -> dict:
 
 
 async def scenario_fanout(target: Target, n: int, duration=10.0, max_broadcasts=5000, pad_size=64,
-                          warmup=3, deflate=False, per_timeout=15.0, probe_workers=False) -> dict:
+                          warmup=3, deflate=False, per_timeout=15.0, probe_workers=False,
+                          workers: int = 1) -> dict:
+    """Closed-loop fan-out. ``alive``: clients that got the last broadcast sent (n when
+    every broadcast reached everyone; fewer when the loop stopped on a timeout)."""
     sink = FanoutSink()
     conns, fails, conn_s = await connect_many(target, n, sink, deflate=deflate)
     try:
         if len(conns) < n:
-            return {"error": f"only {len(conns)}/{n} connected: {fails[:3]}"}
+            return {"error": f"only {len(conns)}/{n} connected: {fails[:3]}",
+                    "n": n, "alive": len(conns)}
         await asyncio.sleep(0.2)
-        per_worker = await worker_counts(target) if probe_workers else None
+        per_worker = (await worker_counts(target, probes=max(12, 8 * workers))
+                      if probe_workers else None)
         m = Meter(target).start()
         count, elapsed, timeouts, _ = await _closed_loop(
             conns, sink, conns[0], n, max_broadcasts, duration, _pad(pad_size), warmup, per_timeout)
         cpu = m.stop()
+        cpu["alive"] = n - max(0, sink.remaining)
         if per_worker is not None:
             cpu["per_worker_connections"] = per_worker
         if count == 0:
             return {"error": f"no broadcast completed (timeouts={timeouts}, stale={sink.stale}, "
-                             f"{n - sink.remaining}/{n} got the first one)", **cpu}
+                             f"{n - sink.remaining}/{n} got the first one)", "n": n, **cpu}
         res = {
             "n": n,
             "broadcasts": count,
@@ -1292,12 +1317,425 @@ async def scenario_slow(target: Target, n: int = 1000, duration=5.0, pad_size=10
             slow.abort()
 
 
+# --------------------------------------------------------------------------------------
+# Reconnect storm
+# --------------------------------------------------------------------------------------
+
+_STATUS_RE = re.compile(r"HTTP/1\.[01] (\d{3})")
+_CLOSED_RE = re.compile(r"before ready \((\d+)\)")
+
+#: What the browser client (flask_jpulse_ws/static/jpulse-ws.js, ``closeAction``) does on
+#: a close code; anything not listed is retried with the next backoff step.
+_STOP_CODES = (4401, 4403)  # 'auth': the client ends
+_FULL_CODE = 4529  # 'full': retry after the longest delay
+_REPLACED_CODE = 4409  # 'replaced': after a welcome, reopen at once with a new id
+
+
+def handshake_error_kind(exc: BaseException) -> tuple[str, int | None]:
+    """A failed handshake as a short kind (``http_503``, ``timeout``, ``reset``,
+    ``refused``, ``closed_4529``, ``closed_before_ready``, ``eaddrnotavail``, ...) and the
+    close code when the server closed the socket before the app-level welcome."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout", None
+    status = getattr(getattr(exc, "response", None), "status", None)  # picows
+    if status is not None and int(status) != 101:
+        return f"http_{int(status)}", None
+    msg = str(exc)
+    m = _STATUS_RE.search(msg)  # the hand-rolled client: "handshake refused: 'HTTP/1.1 503 ..'"
+    if m:
+        return f"http_{m.group(1)}", None
+    m = _CLOSED_RE.search(msg)
+    if m:
+        return f"closed_{m.group(1)}", int(m.group(1))
+    if "before ready" in msg:
+        return "closed_before_ready", None
+    if "socket.io connect error" in msg:
+        return "socketio_connect_error", None
+    if "engine.io close" in msg:
+        return "engineio_close", None
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", None
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
+        return "reset", None
+    if isinstance(exc, OSError) and exc.errno:
+        return errno.errorcode.get(exc.errno, f"errno_{exc.errno}").lower(), None
+    return type(exc).__name__, None
+
+
+async def total_count(target: Target, workers: int, timeout: float = 10.0):
+    """The server's connection count summed over its ``workers`` processes: ``/count``
+    answers from whichever worker accepts, so it is asked until every pid has answered.
+    Returns (total or None when not every worker answered in time, {pid: count})."""
+    seen: dict[str, int] = {}
+    t0 = now()
+    tries = 0
+    while now() - t0 < timeout and tries < 40 * max(1, workers):
+        tries += 1
+        try:
+            d = await http_get_json(target.host, target.count_port, "/count",
+                                    max(0.5, min(5.0, timeout - (now() - t0))))
+            seen[str(d.get("pid"))] = int(d.get("count"))
+        except Exception:  # noqa: BLE001 - a busy server; try again
+            await asyncio.sleep(0.05)
+        if len(seen) >= workers:
+            return sum(seen.values()), seen
+    return None, seen
+
+
+class StormSink:
+    """Counts which connections received the current probe broadcast."""
+
+    def __init__(self):
+        self.seq = 10**6
+        self.got: set[int] = set()
+        self.expected = 0
+        self.done: asyncio.Future | None = None
+        self.errors = 0
+
+    def arm(self, expected: int) -> int:
+        self.seq += 1
+        self.got = set()
+        self.expected = expected
+        self.done = asyncio.get_running_loop().create_future()
+        return self.seq
+
+    def on_tick(self, conn, data, t):
+        if isinstance(data, dict) and data.get("seq") == self.seq and self.done is not None:
+            self.got.add(id(conn))
+            if len(self.got) >= self.expected and not self.done.done():
+                self.done.set_result(t)
+
+    def on_reply(self, conn, rid, data, t):
+        pass
+
+    def on_error(self, conn, msg):
+        self.errors += 1
+
+
+async def _probe_alive(conns: list, sink: StormSink, timeout: float) -> int:
+    """One broadcast through the server (cross-worker when there are several): how many of
+    the open connections receive it within ``timeout``. A second sender is tried when
+    nobody got the first one (the sender itself may be the dead one)."""
+    live = [c for c in conns if not c.closed.done()]
+    if not live:
+        return 0
+    best = 0
+    for sender in (live[0], live[len(live) // 2])[: 2 if len(live) > 1 else 1]:
+        seq = sink.arm(len(live))
+        sender.trigger({"seq": seq, "t": now(), "pad": ""})
+        try:
+            await asyncio.wait_for(asyncio.shield(sink.done), timeout)
+        except asyncio.TimeoutError:
+            pass
+        best = max(best, len(sink.got))
+        if best:
+            break
+    return best
+
+
+class _LagMonitor:
+    """The load generator's own event-loop lag: how late a 50 ms timer fires (it cannot
+    keep up with the storm when this grows to hundreds of ms)."""
+
+    def __init__(self, period: float = 0.05):
+        self.period = period
+        self.max_lag = 0.0
+        self.lags: list[float] = []
+        self.task = None
+
+    async def _run(self):
+        while True:
+            t = now()
+            await asyncio.sleep(self.period)
+            lag = max(0.0, now() - t - self.period)
+            self.lags.append(lag)
+            self.max_lag = max(self.max_lag, lag)
+
+    def start(self):
+        self.task = asyncio.ensure_future(self._run())
+        return self
+
+    def stop(self) -> dict:
+        if self.task is not None:
+            self.task.cancel()
+        return {"loadgen_max_lag_ms": _ms(self.max_lag),
+                "loadgen_p99_lag_ms": _ms(pct(self.lags, 99))}
+
+
+class _StormClient:
+    __slots__ = ("cid", "conn", "attempts", "tries", "timer", "task")
+
+    def __init__(self, cid):
+        self.cid = cid  # ours: the id sent as ?uuid= (the browser keeps it across sockets)
+        self.conn = None
+        self.attempts = 0  # failed attempts in a row (the browser's counter)
+        self.tries = 0  # handshakes started since the drop
+        self.timer = None
+        self.task = None
+
+
+async def scenario_storm(target: Target, n: int = 10000, workers: int = 1, concurrency=250,
+                         deadline=120.0, base_s=5.0, max_delay_s=30.0, jitter=0.2,
+                         max_attempts=10, handshake_timeout=35.0, count_timeout=60.0,
+                         probe_timeout=10.0, connect_timeout: float | None = None) -> dict:
+    """Reconnect storm: open n sockets (``concurrency`` handshakes in flight), check the
+    server counts n, drop every socket at once (TCP abort, no close frame), then let each
+    client come back on its own as the browser client does (jpulse-ws.js
+    ``retryAfterFailure``): attempt k after ``min(base_s * k, max_delay_s)`` seconds times
+    ``(1 - jitter * random())``, so the first wave lands 4-5 s after the drop; a failed or
+    timed-out handshake (``handshake_timeout``: the browser's max(10 s, ping 30 s + pong
+    5 s)) moves to the next step; after ``max_attempts`` failures in a row a client gives
+    up. Ours reconnects with ``?uuid=`` its previous client id, as the browser does.
+    Everything stops ``deadline`` seconds after the drop; then one broadcast checks which
+    connections are really alive."""
+    loop = asyncio.get_running_loop()
+    rnd = random.Random()
+    sink = StormSink()
+    ours = target.peer == "jpulse"
+    base_path = (target.fast_cls or target.cls).PATH
+
+    def path_of(cl: _StormClient):
+        return f"{base_path}?uuid={cl.cid}" if ours else None
+
+    clients = [_StormClient(str(uuid.uuid4()) if ours else None) for _ in range(n)]
+    res: dict[str, Any] = {"n": n, "workers": workers, "deadline_s": deadline}
+    lat: list[float] = []
+    failures: dict[str, int] = {}
+    samples: dict[str, str] = {}
+    closed_after: dict[str, int] = {}
+    upgraded: list[float] = []  # attempt start -> the 101 (the rest is the welcome)
+    st = {"up": 0, "attempts": 0, "inflight": 0, "peak": 0, "gave_up": 0, "stopped": 0,
+          "stopping": False, "first_back": None, "first_try": None, "meter": None}
+    all_back = loop.create_future()
+    tasks: set = set()
+
+    def adopt(cl, c):
+        cl.conn = c
+        cid = getattr(c, "client_id", None)
+        if ours and cid:
+            cl.cid = cid
+
+    try:
+        # -- 1. open all n --------------------------------------------------------------
+        sem = asyncio.Semaphore(concurrency)
+        first_fail: dict[str, int] = {}
+
+        async def first(cl):
+            async with sem:
+                try:
+                    c = await open_conn(target, sink, path=path_of(cl), timeout=30.0)
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    kind = handshake_error_kind(exc)[0]
+                    first_fail[kind] = first_fail.get(kind, 0) + 1
+                    samples.setdefault(f"open:{kind}", f"{type(exc).__name__}: {exc}"[:200])
+                else:
+                    adopt(cl, c)
+
+        t0 = now()
+        opening = [asyncio.ensure_future(first(cl)) for cl in clients]
+        _, pending = await asyncio.wait(opening, timeout=connect_timeout or max(60.0, n / 40.0))
+        for p in pending:
+            p.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+            first_fail["open_timeout"] = len(pending)
+        connected = sum(1 for cl in clients if cl.conn is not None)
+        res.update(connected=connected, connect_s=round(now() - t0, 2))
+        if first_fail:
+            res["connect_failures"] = first_fail
+        if not connected:
+            res["error"] = f"no connection opened: {first_fail} {list(samples.values())[:2]}"
+            return res
+        # -- 2. the server counts them (every worker) ------------------------------------
+        t0 = now()
+        count, per = None, {}
+        while now() - t0 < count_timeout:
+            count, per = await total_count(target, workers, timeout=10.0)
+            if count is not None and count >= connected:
+                break
+            await asyncio.sleep(0.25)
+        res["server_count_before"] = count
+        res["per_worker_before"] = per
+        opened = [cl.conn for cl in clients if cl.conn is not None]
+        res["alive_before"] = await _probe_alive(opened, sink, probe_timeout)
+
+        # -- 3. drop everything, reconnect with the browser's backoff --------------------
+        def schedule(cl, fixed=None):
+            if st["stopping"]:
+                return
+            if cl.attempts >= max_attempts:
+                st["gave_up"] += 1
+                return
+            cl.attempts += 1
+            d = fixed if fixed is not None else min(base_s * cl.attempts, max_delay_s)
+            cl.timer = loop.call_later(d * (1.0 - jitter * rnd.random()), start, cl)
+
+        def start(cl):
+            cl.timer = None
+            if st["stopping"]:
+                return
+            cl.task = asyncio.ensure_future(attempt(cl))
+            tasks.add(cl.task)
+            cl.task.add_done_callback(tasks.discard)
+
+        def on_closed(cl, c):
+            if cl.conn is not c:
+                return
+            cl.conn = None
+            st["up"] -= 1
+            if st["stopping"]:
+                return
+            code = c.close_code
+            closed_after[str(code)] = closed_after.get(str(code), 0) + 1
+            if code == _REPLACED_CODE and ours:
+                cl.cid = str(uuid.uuid4())  # reopenAsNewClient: a new id, at once
+                start(cl)
+            elif code in _STOP_CODES or (code is not None and 4000 <= code <= 4499
+                                         and code != _FULL_CODE):
+                st["stopped"] += 1
+            else:
+                schedule(cl, max_delay_s if code == _FULL_CODE else None)
+
+        async def attempt(cl):
+            if st["meter"] is None:  # CPU over the reconnect window, not the quiet backoff
+                st["first_try"] = now()
+                st["meter"] = Meter(target).start()
+            st["attempts"] += 1
+            st["inflight"] += 1
+            st["peak"] = max(st["peak"], st["inflight"])
+            cl.tries += 1
+            t_a = now()
+            try:
+                c = await open_conn(target, sink, path=path_of(cl), timeout=handshake_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed handshake: counted, retried
+                kind, code = handshake_error_kind(exc)
+                failures[kind] = failures.get(kind, 0) + 1
+                samples.setdefault(kind, f"{type(exc).__name__}: {exc}"[:200])
+                if code in _STOP_CODES or (code is not None and 4000 <= code <= 4499
+                                           and code not in (_FULL_CODE, _REPLACED_CODE)):
+                    st["stopped"] += 1
+                else:
+                    schedule(cl, max_delay_s if code == _FULL_CODE else None)
+                return
+            finally:
+                st["inflight"] -= 1
+            if st["stopping"]:
+                c.abort()
+                return
+            t = now()
+            lat.append(t - t_a)
+            if c.t_upgraded is not None:
+                upgraded.append(c.t_upgraded - t_a)
+            adopt(cl, c)
+            cl.attempts = 0
+            st["up"] += 1
+            if st["first_back"] is None:
+                st["first_back"] = t
+            if st["up"] >= n and not all_back.done():
+                all_back.set_result(t)
+            c.closed.add_done_callback(lambda _f, cl=cl, c=c: on_closed(cl, c))
+
+        lagmon = _LagMonitor().start()
+        t_drop = now()
+        for cl in clients:
+            if cl.conn is not None:
+                cl.conn.abort()
+                cl.conn = None
+        for cl in clients:  # every client, also one that never got in: it comes back too
+            schedule(cl)
+        try:
+            await asyncio.wait_for(asyncio.shield(all_back), deadline)
+        except asyncio.TimeoutError:
+            pass
+        t_end = now()
+        cpu = st["meter"].stop() if st["meter"] is not None else {}
+        lag = lagmon.stop()
+        back = st["up"]
+        st["stopping"] = True
+        pending_timers = sum(1 for cl in clients if cl.timer is not None)
+        for cl in clients:
+            if cl.timer is not None:
+                cl.timer.cancel()
+                cl.timer = None
+        inflight = list(tasks)
+        for tk in inflight:
+            tk.cancel()
+        if inflight:
+            await asyncio.wait(inflight, timeout=10)
+        tries = [cl.tries for cl in clients]
+        res.update({
+            "all_back_s": round(all_back.result() - t_drop, 3) if all_back.done() else None,
+            "back": back,
+            "not_back": n - back,
+            "first_back_s": round(st["first_back"] - t_drop, 3) if st["first_back"] else None,
+            "first_try_s": round(st["first_try"] - t_drop, 3) if st["first_try"] else None,
+            "storm_s": round(t_end - t_drop, 3),
+            "p50_ms": _ms(pct(lat, 50)),
+            "p99_ms": _ms(pct(lat, 99)),
+            "max_ms": _ms(max(lat)) if lat else None,
+            "upgrade_p50_ms": _ms(pct(upgraded, 50)),
+            "upgrade_p99_ms": _ms(pct(upgraded, 99)),
+            "reconnect_attempts": st["attempts"],
+            "failed_attempts": sum(failures.values()),
+            "failures_by_kind": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
+            "clients_retried": sum(1 for k in tries if k > 1),
+            "max_tries": max(tries) if tries else 0,
+            "gave_up": st["gave_up"],
+            "stopped_by_close_code": st["stopped"],
+            "closed_after_welcome": closed_after,
+            "waiting_at_deadline": pending_timers,
+            "in_flight_at_deadline": len(inflight),
+            "peak_in_flight": st["peak"],
+            **cpu,
+            **lag,
+        })
+        if samples:
+            res["failure_samples"] = samples
+        # -- 4. who is really alive -----------------------------------------------------
+        await asyncio.sleep(1.0)
+        live = [cl.conn for cl in clients if cl.conn is not None and not cl.conn.closed.done()]
+        res["open_at_end"] = len(live)
+        t0 = now()
+        count, per = None, {}
+        while now() - t0 < 15.0:  # the server may still be cleaning up the dropped sockets
+            count, per = await total_count(target, workers, timeout=5.0)
+            if count is not None and count <= len(live):
+                break
+            await asyncio.sleep(0.5)
+        res["server_count_end"] = count
+        res["per_worker_end"] = per
+        res["alive"] = await _probe_alive(live, sink, probe_timeout)
+        res["probe_error_frames"] = sink.errors
+        notes = []
+        if back < n:
+            notes.append(f"{n - back}/{n} not back after {deadline:g} s")
+        if res["alive"] < n:
+            notes.append(f"{n - res['alive']}/{n} did not receive the final broadcast")
+        if cpu.get("loadgen_cpu_pct", 0) >= 90 or (lag["loadgen_max_lag_ms"] or 0) >= 500:
+            notes.append("the load generator was saturated during the storm "
+                         "(handshake latencies include its own queueing)")
+        if notes:
+            res["warning"] = "; ".join(notes)
+        return res
+    finally:
+        st["stopping"] = True
+        for cl in clients:
+            if cl.timer is not None:
+                cl.timer.cancel()
+        for tk in list(tasks):
+            tk.cancel()
+        close_all([cl.conn for cl in clients if cl.conn is not None])
+
+
 SCENARIOS = {
     "fanout": scenario_fanout,
     "burst": scenario_burst,
     "reqrep": scenario_reqrep,
     "idle": scenario_idle,
     "slow": scenario_slow,
+    "storm": scenario_storm,
 }
 
 
@@ -1364,7 +1802,8 @@ def main(argv=None):
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--server-pid", type=int, help="server (gunicorn master) pid for RSS/CPU")
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
-    ap.add_argument("--n", type=int, default=1000, help="connections (fanout/burst/idle/slow)")
+    ap.add_argument("--n", type=int, default=1000,
+                    help="connections (fanout/burst/idle/slow/storm)")
     ap.add_argument("--clients", type=int, default=50, help="reqrep clients")
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--k", type=int, default=50, help="burst size")
@@ -1372,6 +1811,10 @@ def main(argv=None):
     ap.add_argument("--client", choices=("auto", "picows", "raw"), default="auto",
                     help="WebSocket client: picows (C; not for socketio) or the hand-rolled one")
     ap.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="server worker processes (storm: /count is summed over them)")
+    ap.add_argument("--deadline", type=float, default=120.0,
+                    help="storm: seconds after the drop until everything stops")
     args = ap.parse_args(argv)
     raise_nofile()
     mon = PidMonitor(args.server_pid) if args.server_pid else None
@@ -1384,6 +1827,8 @@ def main(argv=None):
         coro = scenario_reqrep(target, args.clients, duration=args.duration)
     elif args.scenario == "idle":
         coro = scenario_idle(target, args.n, hold=args.duration, cpu_window=args.duration)
+    elif args.scenario == "storm":
+        coro = scenario_storm(target, args.n, workers=args.workers, deadline=args.deadline)
     else:
         coro = scenario_slow(target, args.n, duration=args.duration)
     res = run(coro) if args.loop == "uvloop" else asyncio.run(coro)
