@@ -9,15 +9,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from flask import Blueprint, Flask, current_app, has_app_context, url_for
 from markupsafe import Markup
 
-from . import auth, config, envelope, frames, shutdown
+from . import config
+from .cluster.relay import MemoryRelay, Relay
+from .cluster.remote_request import RemoteRequests
 from .context import Context
+from .core import envelope, frames
+from .core.history import MemoryHistory
+from .core.stats import ActivityLog
 from .errors import CloseCode
-from .health import HealthScheduler, expire
-from .history import MemoryHistory
-from .namespace import Namespace, NamespaceTemplate, OnCreate, Registry
-from .relay import MemoryRelay, Relay
-from .remote_request import RemoteRequests
-from .stats import ActivityLog
+from .server import auth, shutdown
+from .server.health import HealthScheduler, expire
+from .server.namespace import Namespace, NamespaceTemplate, OnCreate, Registry
 
 __all__ = ["JPulseWS", "AppState"]
 
@@ -56,7 +58,7 @@ class AppState:
 
     def _make_relay(self) -> Relay:
         if self.settings.redis_url:
-            from .redis_relay import RedisRelay
+            from .cluster.redis_relay import RedisRelay
             return RedisRelay(self)
         return MemoryRelay(self)
 
@@ -64,7 +66,7 @@ class AppState:
     def presence(self) -> Any:
         """The presence tracker (``presence.PresenceTracker``), made on first use."""
         if self._presence is None:
-            from .presence import PresenceTracker
+            from .server.presence import PresenceTracker
             self._presence = PresenceTracker(self)
         return self._presence
 
@@ -72,7 +74,7 @@ class AppState:
     def id_claims(self) -> Any:
         """Cluster-wide client id claims (``id_claims.IdClaims``; Redis relay only)."""
         if self._id_claims is None:
-            from .id_claims import IdClaims
+            from .cluster.id_claims import IdClaims
             self._id_claims = IdClaims(self)
         return self._id_claims
 
@@ -95,7 +97,7 @@ class AppState:
         return auth.current_context(ip)
 
     def admit_ip(self, ip: str) -> None:
-        from .handshake import Rejected
+        from .server.handshake import Rejected
         s = self.settings
         if self.open_connections >= s.max_connections:
             raise Rejected(CloseCode.TOO_MANY, "Server full")
@@ -151,7 +153,7 @@ class AppState:
         """Where offsets are assigned: this process, or Redis when clustered."""
         if self._history is None:
             if self.relay.distributed:
-                from .redis_history import RedisHistory
+                from .cluster.redis_history import RedisHistory
                 self._history = RedisHistory(self.relay)  # type: ignore[arg-type]
             else:
                 self._history = MemoryHistory(self.settings.max_namespaces)
@@ -329,7 +331,7 @@ class AppState:
         import os
         import socket
 
-        from .stats import iso
+        from .core.stats import iso
         live = [(path, len(ns.clients)) for path, ns in tuple(self.registry.live.items())]
         return {
             "instanceId": self.relay.host_id, "pid": os.getpid(),
@@ -397,7 +399,7 @@ class JPulseWS:
         self._connect_login_signals(app)
 
     def _blueprint(self, state: AppState) -> Blueprint:
-        from .handshake import serve
+        from .server.handshake import serve
         bp = Blueprint("jpulse_ws", __name__, static_folder="static",
                        static_url_path="/_jpulse_ws/static")
 

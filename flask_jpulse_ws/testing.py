@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from . import frames
+from .core import frames
 
 __all__ = ["WSTestClient", "HandshakeRefused", "ConnectionClosedError", "live_server",
            "LiveServer", "HTTPSession", "HTTPResponse"]

@@ -28,9 +28,10 @@ from typing import Any, Dict, List, Optional
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, url_for
 
-from .. import concurrency, envelope
-from ..paths import is_whitelisted
-from ..stats import iso
+from .. import concurrency
+from ..core import envelope
+from ..core.paths import is_whitelisted
+from ..core.stats import iso
 
 __all__ = ["JPulseWSAdmin", "init_admin", "STATUS_PATH", "stats_payload", "presence_counts"]
 

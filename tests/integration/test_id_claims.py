@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import redis as redis_py
 from servers import wait_for
 
-from flask_jpulse_ws.id_claims import CLAIM_REFRESH, CLAIM_TTL, IdClaims
-from flask_jpulse_ws.redis_link import RedisLink
-from flask_jpulse_ws.relay import client_id_key
+from flask_jpulse_ws.cluster.id_claims import CLAIM_REFRESH, CLAIM_TTL, IdClaims
+from flask_jpulse_ws.cluster.keys import client_id_key
+from flask_jpulse_ws.cluster.redis_link import RedisLink
 
 PATH = "/api/1/ws/rooms/a"
 ID = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"

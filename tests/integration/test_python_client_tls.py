@@ -19,8 +19,8 @@ import pytest
 import trustme
 from servers import GunicornServer, run_python, wait_for
 
-from flask_jpulse_ws import frames
 from flask_jpulse_ws.client import connect
+from flask_jpulse_ws.core import frames
 
 ECHO = "/api/1/ws/echo"
 FAST = {"reconnect_base_interval": 0.2, "reconnect_max_interval": 1.0,

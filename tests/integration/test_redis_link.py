@@ -17,8 +17,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import RedisServer, wait_for
 
-from flask_jpulse_ws.id_claims import IdClaims
-from flask_jpulse_ws.redis_link import CommandFailed, LinkBusy, LinkDown, RedisLink
+from flask_jpulse_ws.cluster.id_claims import IdClaims
+from flask_jpulse_ws.cluster.redis_link import CommandFailed, LinkBusy, LinkDown, RedisLink
 
 PATH = "/api/1/ws/storm"
 

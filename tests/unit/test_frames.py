@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from flask_jpulse_ws import frames
-from flask_jpulse_ws.frames import FrameDecoder, ProtocolError, encode_frame
+from flask_jpulse_ws.core import frames
+from flask_jpulse_ws.core.frames import FrameDecoder, ProtocolError, encode_frame
 
 
 def client_frame(opcode, payload, fin=True):

@@ -17,11 +17,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Dict
 
-from . import concurrency, envelope
-from .errors import ErrorCode
+from .. import concurrency
+from ..core import envelope
+from ..errors import ErrorCode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+    from ..extension import AppState
 
 __all__ = ["RemoteRequests", "ACCEPT_TIMEOUT", "MAX_WAITING", "MAX_SERVING"]
 

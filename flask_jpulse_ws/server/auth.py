@@ -11,7 +11,7 @@ import secrets
 from typing import Any, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from .context import Context, initials_of
+from ..context import Context, initials_of
 
 __all__ = ["origin_check", "client_ip", "context_from_user", "SESSION_TOKEN_KEY",
            "session_token", "ensure_session_token", "reload_user", "identity_of"]

@@ -12,9 +12,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
-from .history import Position, new_epoch
+from ..core.history import Position, new_epoch
+from .keys import history_keys
 from .redis_link import LinkDown, LinkError
-from .relay import history_keys
 
 if TYPE_CHECKING:  # pragma: no cover
     from .redis_relay import RedisRelay

@@ -22,13 +22,14 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Type
 
-from . import concurrency, envelope, frames
-from .relay import presence_keys
-from .stats import iso
+from .. import concurrency
+from ..cluster.keys import presence_keys
+from ..core import envelope, frames
+from ..core.stats import iso
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..extension import AppState
     from .connection import Connection
-    from .extension import AppState
 
 __all__ = ["PresenceTracker", "Batch", "member_of", "member_key", "newest_per_client",
            "summarize"]
@@ -336,7 +337,7 @@ class PresenceTracker:
 
     @property
     def _errors(self) -> Tuple[Type[BaseException], ...]:
-        from .redis_link import LinkError
+        from ..cluster.redis_link import LinkError
         return (LinkError,)
 
     def _redis_ready(self) -> bool:
@@ -344,7 +345,7 @@ class PresenceTracker:
         return bool(relay.distributed and relay.ensure_available())
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        from .redis_link import CommandFailed
+        from ..cluster.redis_link import CommandFailed
         if isinstance(exc, CommandFailed):  # our command, not the connection
             log.error("%s failed: %s", what, exc)
         else:  # Redis away (the link opened the circuit) or busy: retried later

@@ -25,16 +25,16 @@ from typing import (
     Union,
 )
 
-from . import envelope
-from .errors import CloseCode
-from .history import DEFAULT_TTL
-from .limits import Limits
-from .paths import PathPattern, decode_path, is_pattern, validate_path
-from .stats import NamespaceStats
+from ..core import envelope
+from ..core.history import DEFAULT_TTL
+from ..core.limits import Limits
+from ..core.paths import PathPattern, decode_path, is_pattern, validate_path
+from ..core.stats import NamespaceStats
+from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..extension import AppState
     from .connection import Connection
-    from .extension import AppState
 
 __all__ = ["NamespaceTemplate", "Namespace", "Registry"]
 

@@ -34,7 +34,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
-from . import concurrency, frames
+from .. import concurrency
+from ..core import frames
 from ._tls import TLSSocket
 
 __all__ = [

@@ -17,17 +17,18 @@ from urllib.parse import parse_qs, quote
 
 from flask import Response, request
 
-from . import auth, envelope, frames
+from ..context import Context
+from ..core import envelope, frames
+from ..core.history import Position, parse_since
+from ..core.paths import is_whitelisted
+from ..errors import CloseCode
+from . import auth
 from .connection import Connection
-from .context import Context
-from .errors import CloseCode
-from .history import Position, parse_since
 from .namespace import close_code_for
-from .paths import is_whitelisted
 from .pipeline import handle_message
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+    from ..extension import AppState
 
 __all__ = ["serve", "UUID_RE"]
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from . import auth, concurrency, envelope
-from .errors import CloseCode, ErrorCode
-from .id_claims import CLAIM_REFRESH
+from .. import concurrency
+from ..cluster.id_claims import CLAIM_REFRESH
+from ..core import envelope
+from ..errors import CloseCode, ErrorCode
+from . import auth
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..extension import AppState
     from .connection import Connection
-    from .extension import AppState
 
 __all__ = ["HealthScheduler"]
 

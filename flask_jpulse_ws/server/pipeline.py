@@ -12,8 +12,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Optional
 
-from . import concurrency, envelope
-from .errors import CloseCode, ErrorCode, WSError
+from .. import concurrency
+from ..core import envelope
+from ..errors import CloseCode, ErrorCode, WSError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection

@@ -28,14 +28,14 @@ import secrets
 import uuid
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from . import concurrency
-from .errors import CloseCode
+from .. import concurrency
+from ..errors import CloseCode
+from .keys import client_id_key
 from .redis_link import LinkError
-from .relay import client_id_key
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .connection import Connection
-    from .extension import AppState
+    from ..extension import AppState
+    from ..server.connection import Connection
 
 __all__ = ["IdClaims", "CLAIM_TTL", "CLAIM_REFRESH", "CLAIM_WAIT"]
 

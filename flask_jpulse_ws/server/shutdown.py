@@ -13,11 +13,11 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any, List
 
-from . import concurrency
-from .errors import CloseCode
+from .. import concurrency
+from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+    from ..extension import AppState
 
 __all__ = ["install"]
 

@@ -18,10 +18,11 @@ import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from . import concurrency, envelope, frames
-from .context import Context
-from .errors import CloseCode, ErrorCode
-from .limits import AbuseCounter, RateWindow
+from .. import concurrency
+from ..context import Context
+from ..core import envelope, frames
+from ..core.limits import AbuseCounter, RateWindow
+from ..errors import CloseCode, ErrorCode
 
 if TYPE_CHECKING:  # pragma: no cover
     from .namespace import Namespace

@@ -18,13 +18,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import concurrency, envelope
+from .. import concurrency
+from ..core import envelope
+from .keys import instances_key, relay_channel, stats_key
 from .redis_connect import redis_client
 from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkError, RedisLink
-from .relay import Relay, encode_op, instances_key, merge_instances, relay_channel, stats_key
+from .relay import Relay, encode_op, merge_instances
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+    from ..extension import AppState
 
 __all__ = ["RedisRelay", "check_cooperative"]
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 import redis
 from redis.commands.core import Script
 
-from . import concurrency
+from .. import concurrency
 
 __all__ = ["RedisLink", "LinkError", "LinkDown", "LinkBusy", "CommandFailed",
            "REPLY_TIMEOUT", "CALL_WAIT", "MAX_QUEUED", "MAX_BATCH"]
