@@ -10,11 +10,9 @@ from flask import Blueprint, Flask, current_app, has_app_context, url_for
 from markupsafe import Markup
 
 from . import config
-from .cluster.relay import MemoryRelay, Relay
-from .cluster.remote_request import RemoteRequests
+from .cluster.backend import Backend, Hooks, make_backend
 from .context import Context
 from .core import envelope, frames
-from .core.history import MemoryHistory
 from .core.stats import ActivityLog
 from .errors import CloseCode
 from .server import auth, shutdown
@@ -32,7 +30,8 @@ _PENDING_KEY = "jpulse_ws_pending"  # blueprint namespaces registered before ini
 class AppState:
     """Everything the extension keeps for one app: settings, namespaces, relay, stats."""
 
-    def __init__(self, ext: JPulseWS, app: Flask, settings: config.Settings) -> None:
+    def __init__(self, ext: JPulseWS, app: Flask, settings: config.Settings,
+                 backend: Optional[Backend] = None) -> None:
         self.ext = ext
         self.app = app
         self.settings = settings
@@ -49,18 +48,14 @@ class AppState:
         self.connections_by_ip: Dict[str, int] = {}
         self.open_connections = 0
         self.health = HealthScheduler(self)
-        self.relay: Relay = self._make_relay()
-        self.remote_requests = RemoteRequests(self)
+        self.backend = make_backend(settings, backend)
+        secret = app.secret_key or settings.channel_prefix
+        self.backend.bind(Hooks(apply=self.apply_remote, resync_all=self.resync_all,
+                                stats_row=self.instance_stats,
+                                find_client=self._find_client),
+                          secret.encode() if isinstance(secret, str) else bytes(secret))
         self._presence: Any = None
-        self._id_claims: Any = None
-        self._history: Any = None
         self._started = False
-
-    def _make_relay(self) -> Relay:
-        if self.settings.redis_url:
-            from .cluster.redis_relay import RedisRelay
-            return RedisRelay(self)
-        return MemoryRelay(self)
 
     @property
     def presence(self) -> Any:
@@ -70,20 +65,16 @@ class AppState:
             self._presence = PresenceTracker(self)
         return self._presence
 
-    @property
-    def id_claims(self) -> Any:
-        """Cluster-wide client id claims (``id_claims.IdClaims``; Redis relay only)."""
-        if self._id_claims is None:
-            from .cluster.id_claims import IdClaims
-            self._id_claims = IdClaims(self)
-        return self._id_claims
+    def _find_client(self, path: str, client_id: str) -> Any:
+        ns = self.registry.live.get(path)
+        return ns.clients.get(client_id) if ns is not None else None
 
     def ensure_started(self) -> None:
         """Start the health scheduler and the relay listener on first use."""
         if not self._started:
             self._started = True
             self.health.start()
-            self.relay.start()
+            self.backend.start()
             shutdown.install(self)
 
     # ---------------------------------------------------------------- admission
@@ -142,38 +133,20 @@ class AppState:
         if template.history_size:
             return self._broadcast_with_history(template, path, payload, data.get("type", ""))
         n = self.deliver_broadcast(path, payload, data.get("type", ""))
-        if self.relay.distributed:
-            self.relay.publish("broadcast", path=path, payload=payload,
-                               type=data.get("type", ""))
+        self.backend.publish("broadcast", path=path, payload=payload, type=data.get("type", ""))
         return n
 
     # ---------------------------------------------------------------- history
     @property
     def history(self) -> Any:
-        """Where offsets are assigned: this process, or Redis when clustered."""
-        if self._history is None:
-            if self.relay.distributed:
-                from .cluster.redis_history import RedisHistory
-                self._history = RedisHistory(self.relay)  # type: ignore[arg-type]
-            else:
-                self._history = MemoryHistory(self.settings.max_namespaces)
-        return self._history
+        """Where offsets are assigned: this process, or Redis."""
+        return self.backend.history
 
     def _broadcast_with_history(self, template: NamespaceTemplate, path: str,
                                 payload: bytes, msg_type: str) -> int:
-        ns = self.registry.live.get(path)
-        if self.relay.distributed:
-            # Redis assigns the offset and publishes; every process, this one too,
-            # delivers when it comes back, so all deliver in one order.
-            if self.history.append(path, payload, template.history_size,
-                                   template.history_ttl, msg_type):
-                return len(ns.clients) if ns is not None else 0
-            return self.deliver_broadcast(path, payload, msg_type)  # no offset: resync covers
-        if ns is None and not self.history.has_stream(path):
-            return 0  # nobody here now or within the TTL: nobody who could catch up
-        frame_json, (epoch, offset) = self.history.append(
-            path, payload, template.history_size, template.history_ttl)
-        return self.deliver_history(path, frame_json, epoch, offset, msg_type)
+        return self.history.broadcast(path, payload, template.history_size,
+                                      template.history_ttl, msg_type,
+                                      _HistoryDelivery(self, path, payload, msg_type))
 
     def deliver_history(self, path: str, frame_json: bytes, epoch: str, offset: int,
                         msg_type: str = "") -> int:
@@ -200,9 +173,8 @@ class AppState:
         payload = envelope.encode_success(data, wire)
         if self.deliver_to_client(path, client_id, payload, data.get("type", "")):
             return True
-        if self.relay.distributed:
-            self.relay.publish("send", path=path, clientId=client_id, payload=payload,
-                               type=data.get("type", ""))
+        self.backend.publish("send", path=path, clientId=client_id, payload=payload,
+                             type=data.get("type", ""))
         return False
 
     def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
@@ -213,7 +185,7 @@ class AppState:
         conn = ns.clients.get(client_id) if ns is not None else None
         if conn is not None:
             return conn.request(data, timeout, ctx)
-        return self.remote_requests.ask(path, client_id, data, timeout, ctx)
+        return self.backend.ask(path, client_id, data, timeout, ctx)
 
     def deliver_to_client(self, path: str, client_id: str, payload: bytes,
                           msg_type: str = "") -> bool:
@@ -241,10 +213,10 @@ class AppState:
                 return False
             self.registry.remove(path)
             ns.close_all(CloseCode.NOT_FOUND, "Namespace removed")
-        if self._history is not None and not remove_if_empty:
-            self._history.drop(path)  # also a swept room's stream: a new room starts afresh
-        if self.relay.distributed and _relay and not remove_if_empty:
-            self.relay.publish("remove", path=path)
+        if not remove_if_empty:
+            self.history.drop(path)  # also a swept room's stream: a new room starts afresh
+            if _relay:
+                self.backend.publish("remove", path=path)
         return ns is not None
 
     def presence_of(self, path: str, stats: bool) -> Any:
@@ -270,8 +242,8 @@ class AppState:
             if conn.session_token == token:
                 expire(conn)
                 n += 1
-        if _relay and self.relay.distributed:
-            self.relay.publish("revoke", token=token)
+        if _relay:
+            self.backend.publish("revoke", token=token)
         return n
 
     def apply_remote(self, message: Dict[str, Any]) -> None:
@@ -295,10 +267,6 @@ class AppState:
             self.presence.apply_remote(message)
         elif op == "resync":  # a process dropped messages for these paths (Redis outage)
             self.resync_paths(message.get("paths"), "relay-gap")
-        elif op == "request":  # a server request for a client that may be held here
-            self.remote_requests.on_request(message)
-        elif op == "reply":  # the answer to a request this process may have made
-            self.remote_requests.on_reply(message)
         else:
             log.warning("ignoring relayed operation %r", op)
 
@@ -315,14 +283,13 @@ class AppState:
             "totalNamespaces": len(namespaces),
             "refusedOrigins": self.refused_origins,
             "serverErrors": self.server_errors,
-            "relay": self.relay.status(),
+            "relay": self.backend.status(),
             "namespaces": namespaces,
             "activityLog": self.activity.entries(now),
         }
-        if self.relay.distributed:
-            out["remoteRequests"] = self.remote_requests.status()
+        out.update(self.backend.extra_stats())
         if cluster:  # every process sharing the relay: per-instance rows plus totals
-            out["cluster"] = self.relay.cluster_stats()
+            out["cluster"] = self.backend.cluster_stats()
         return out
 
     # ---------------------------------------------------------------- cluster (relay)
@@ -334,10 +301,10 @@ class AppState:
         from .core.stats import iso
         live = [(path, len(ns.clients)) for path, ns in tuple(self.registry.live.items())]
         return {
-            "instanceId": self.relay.host_id, "pid": os.getpid(),
+            "instanceId": self.backend.host_id, "pid": os.getpid(),
             "host": socket.gethostname(), "started": iso(self.started_at),
             "updated": iso(time.time()), "connections": self.open_connections,
-            "totalMessages": self.total_messages, "degraded": self.relay.degraded,
+            "totalMessages": self.total_messages, "degraded": self.backend.degraded,
             "namespaces": [{"path": p, "clients": n} for p, n in live if n][:1000],
         }
 
@@ -348,6 +315,26 @@ class AppState:
         frame = frames.text_frame(envelope.encode_framework("_resync", {"reason": reason}))
         live = self.registry.live
         return sum(live[p].deliver_frame(frame) for p in paths if p in live)
+
+
+class _HistoryDelivery:
+    """Delivers a history namespace's broadcast here, for the history store."""
+
+    __slots__ = ("state", "path", "payload", "msg_type", "live")
+
+    def __init__(self, state: AppState, path: str, payload: bytes, msg_type: str) -> None:
+        self.state, self.path, self.payload, self.msg_type = state, path, payload, msg_type
+        self.live = path in state.registry.live
+
+    def with_position(self, frame_json: bytes, epoch: str, offset: int) -> int:
+        return self.state.deliver_history(self.path, frame_json, epoch, offset, self.msg_type)
+
+    def plain(self) -> int:
+        return self.state.deliver_broadcast(self.path, self.payload, self.msg_type)
+
+    def later(self) -> int:
+        ns = self.state.registry.live.get(self.path)
+        return len(ns.clients) if ns is not None else 0
 
 
 def _bytes(value: Any) -> bytes:
@@ -369,25 +356,31 @@ class JPulseWS:
     :param app: bind at once; or call :meth:`init_app` later (app factories).
     :param context_loader: ``fn(ip) -> Context`` for apps whose users do not fit
         flask-login's ``current_user`` shape; runs inside the upgrade request.
+    :param backend: what ``app`` shares with other processes, made by hand (tests);
+        by default one is chosen from ``JPULSE_WS_REDIS_URL``.
     """
 
     def __init__(self, app: Optional[Flask] = None,
-                 context_loader: Optional[Callable[[str], Context]] = None) -> None:
+                 context_loader: Optional[Callable[[str], Context]] = None,
+                 backend: Optional[Backend] = None) -> None:
         self.context_loader = context_loader
         self._templates: List[NamespaceTemplate] = []
         self._states: List[AppState] = []
         if app is not None:
-            self.init_app(app)
+            self.init_app(app, backend)
 
     # ---------------------------------------------------------------- binding
-    def init_app(self, app: Flask) -> None:
-        """Bind to ``app``: settings, the WebSocket route, the script, login signals."""
+    def init_app(self, app: Flask, backend: Optional[Backend] = None) -> None:
+        """Bind to ``app``: settings, the WebSocket route, the script, login signals.
+
+        :param backend: a backend made by hand for this app (see :class:`JPulseWS`).
+        """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("JPulseWS is already initialised for this app: call "
                                "init_app(app) once per app, and use one JPulseWS per app")
         for key, value in config.DEFAULTS.items():
             app.config.setdefault(key, value)
-        state = AppState(self, app, config.load(app.config))
+        state = AppState(self, app, config.load(app.config), backend)
         app.extensions[EXTENSION_KEY] = state
         for template in self._templates:
             state.registry.add_template(template)

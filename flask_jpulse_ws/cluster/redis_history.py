@@ -12,7 +12,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
-from ..core.history import Position, new_epoch
+from ..core.history import HistoryDelivery, Position, new_epoch
 from .keys import history_keys
 from .redis_link import LinkDown, LinkError
 
@@ -104,6 +104,15 @@ class RedisHistory:
             return False
         self._broken.discard(path)
         return True
+
+    def broadcast(self, path: str, frame_json: bytes, size: int, ttl: float, msg_type: str,
+                  to: HistoryDelivery) -> int:
+        """Redis assigns the offset and publishes; every process, this one too, delivers
+        when it comes back, so all deliver in one order. Without Redis: no position,
+        delivered here as it is (the ``_resync`` after the outage covers the rest)."""
+        if self.append(path, frame_json, size, ttl, msg_type):
+            return to.later()
+        return to.plain()
 
     def position(self, path: str, ttl: float) -> Optional[Position]:
         if not self.relay.ensure_available():

@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import redis
 from redis.backoff import NoBackoff
@@ -23,10 +23,7 @@ from ..core import envelope
 from .keys import instances_key, relay_channel, stats_key
 from .redis_connect import redis_client
 from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkError, RedisLink
-from .relay import Relay, encode_op, merge_instances
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..extension import AppState
+from .relay import encode_op, merge_instances
 
 __all__ = ["RedisRelay", "check_cooperative"]
 
@@ -78,17 +75,27 @@ def check_cooperative() -> None:
             "before importing anything else; unset JPULSE_WS_REDIS_URL for one process.")
 
 
-class RedisRelay(Relay):
-    """Relay over Redis pub/sub (one channel per app: ``<prefix>:relay``)."""
+class RedisRelay:
+    """Relay over Redis pub/sub (one channel per app: ``<prefix>:relay``) and the
+    circuit of this process's Redis connections.
 
-    distributed = True
+    :param on_op: applies an operation another process published.
+    :param on_gap: tells every local client it may have missed messages (``_resync``).
+    :param on_recovered: Redis answers again after an outage.
+    :param stats_row: this process's row of the cluster stats.
+    """
 
-    def __init__(self, state: AppState) -> None:
-        super().__init__(state)
-        s = state.settings
-        self.url = str(s.redis_url)
-        self.prefix = s.channel_prefix
-        self.channel = relay_channel(self.prefix)
+    def __init__(self, url: str, prefix: str, host_id: str,
+                 on_op: Callable[[Dict[str, Any]], None], on_gap: Callable[[str], int],
+                 on_recovered: Callable[[], None],
+                 stats_row: Callable[[], Dict[str, Any]]) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.host_id = host_id
+        self.channel = relay_channel(prefix)
+        self._on_op, self._on_gap = on_op, on_gap
+        self._on_recovered, self._stats_row = on_recovered, stats_row
+        self.degraded = False
         # One connection for every short command of this process (redis_link.py); the
         # pool holds one because only the link's flusher ever borrows from it.
         self.link = RedisLink(redis_client(self.url, socket_timeout=REPLY_TIMEOUT,
@@ -233,8 +240,13 @@ class RedisRelay(Relay):
             return
         if not isinstance(message, dict):
             return
-        if not self.receive(message):
-            self.own_echoes += 1
+        if message.get("host") == self.host_id:
+            self.own_echoes += 1  # this process delivered it locally before publishing
+            return
+        try:
+            self._on_op(message)
+        except Exception:  # a bad message must not stop the listener
+            log.exception("could not apply relayed message %r", message.get("op"))
 
     def _on_subscribed(self) -> None:
         self._subscribed = True
@@ -286,13 +298,13 @@ class RedisRelay(Relay):
         self._down_since = None
         sub_gap, self._sub_gap = self._sub_gap, False
         revokes, self._pending_revokes = list(self._pending_revokes), set()
-        resynced = self.state.resync_all("relay-gap") if sub_gap else 0
+        resynced = self._on_gap("relay-gap") if sub_gap else 0
         if resynced:
             self.resyncs += 1
         self._publish_gaps()
         for token in revokes:
             self.publish("revoke", token=token)
-        self.state.id_claims.recovered()  # claims lost with a Redis restart: make again
+        self._on_recovered()  # e.g. claims lost with a Redis restart are made again
         log.warning("Redis relay restored after %.1f s: %d messages dropped so far, "
                     "_resync sent to %d local clients", down, self.dropped, resynced)
 
@@ -305,7 +317,7 @@ class RedisRelay(Relay):
 
     # ------------------------------------------------------------------ stats
     def _publish_stats(self) -> None:
-        row = self.state.instance_stats()
+        row = self._stats_row()
         pipe = self.link.pipeline()
         pipe.set(stats_key(self.prefix, self.host_id), envelope.encode_json(row),
                  ex=STATS_TTL)
@@ -320,7 +332,7 @@ class RedisRelay(Relay):
         """Stats rows of every live process of this app (own row always fresh)."""
         if not self._started:
             self.start()
-        own = self.state.instance_stats()
+        own = self._stats_row()
         rows: List[Dict[str, Any]] = [own]
         error = None
         try:
@@ -347,14 +359,13 @@ class RedisRelay(Relay):
         return merged
 
     def status(self) -> Dict[str, Any]:
-        out = super().status()
+        out: Dict[str, Any] = {"hostId": self.host_id, "degraded": self.degraded}
         out.update({"channel": self.channel, "subscribed": self._subscribed,
                     "published": self.published, "received": self.received,
                     "ownEchoes": self.own_echoes, "dropped": self.dropped,
                     "outages": self.outages, "resyncs": self.resyncs,
                     "lastError": self.last_error, "pid": os.getpid(),
-                    "host": socket.gethostname(), "link": self.link.status(),
-                    "idClaims": self.state.id_claims.status()})
+                    "host": socket.gethostname(), "link": self.link.status()})
         if self._down_since is not None:
             out["degradedFor"] = round(concurrency.monotonic() - self._down_since, 3)
         return out

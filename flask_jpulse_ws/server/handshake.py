@@ -93,7 +93,7 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
     try:
         state.admit_ip(ip)
         counted = True
-        ns, client_id, ctx, identity, claim = _admit(state, environ, ctx, token)
+        ns, client_id, ctx, identity, claim, claim_later = _admit(state, environ, ctx, token)
     except Exception as exc:
         if counted:
             state.release_ip(ip)
@@ -105,7 +105,7 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
         return
     conn = Connection(sock, ns, client_id, ctx, identity, token)
     conn.id_claim, conn.id_claimed_at = claim, time.monotonic()
-    conn.needs_claim = claim is None and state.relay.distributed
+    conn.needs_claim = claim_later
     try:
         since = parse_since(_query(environ, "since")) if ns.template.history_size else None
         _join(state, ns, conn, since)
@@ -120,9 +120,9 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
 
 
 def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Optional[str]
-           ) -> Tuple[Any, str, Context, tuple, Optional[str]]:
+           ) -> Tuple[Any, str, Context, tuple, Optional[str], bool]:
     """Checks 3-8 of the handshake: (namespace, client id, context, identity, the
-    cluster-wide claim on the id or ``None``)."""
+    cluster-wide claim on the id or ``None``, whether to claim it later)."""
     settings = state.settings
     raw_path = _raw_path(environ)
     match = state.registry.match_raw(raw_path)
@@ -152,10 +152,9 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
             held.close(CloseCode.REPLACED, "Replaced by a newer connection")
         else:
             client_id = str(uuid.uuid4())  # never take over someone else's id
-    claim = None
-    if state.relay.distributed:  # nor one another process holds for someone else
-        client_id, claim = state.id_claims.claim(path, client_id, identity)
-    return ns, client_id, ctx, identity, claim
+    # Nor one another process holds for someone else (a no-op in one process):
+    client_id, claim, claim_later = state.backend.claims.claim(path, client_id, identity)
+    return ns, client_id, ctx, identity, claim, claim_later
 
 
 def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
@@ -240,7 +239,7 @@ def _leave(state: AppState, conn: Connection) -> None:
     if ns.discard(conn) and ns.template.has_presence:
         state.presence.left(conn)
     if conn.id_claim is not None:
-        state.id_claims.release(conn)
+        state.backend.claims.release(conn)
     if not conn.wait_handlers(_HANDLER_DRAIN_TIMEOUT):
         log.warning("on_message handlers of %s still running after %.0f s; calling "
                     "on_disconnect anyway", ns.path, _HANDLER_DRAIN_TIMEOUT)

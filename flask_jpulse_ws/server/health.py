@@ -8,7 +8,6 @@ import logging
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from .. import concurrency
-from ..cluster.id_claims import CLAIM_REFRESH
 from ..core import envelope
 from ..errors import CloseCode, ErrorCode
 from . import auth
@@ -53,8 +52,8 @@ class HealthScheduler:
         to_check: List[Connection] = []
         claims_due: List[Connection] = []
         unclaimed: List[Connection] = []
-        claims = self.state.id_claims if self.state.relay.distributed else None
-        refresh_all = claims is not None and claims.refresh_all_wanted
+        claims = self.state.backend.claims
+        refresh_all = claims.refresh_all_wanted
         for conn in self.state.registry.connections():
             if conn.needs_claim:
                 unclaimed.append(conn)
@@ -68,15 +67,13 @@ class HealthScheduler:
             elif now >= conn.next_ping_at:
                 conn.next_ping_at = now + s.ping_interval
                 conn.send_ping(now)
-                if conn.id_claim is not None and now - conn.id_claimed_at > CLAIM_REFRESH \
-                        and not refresh_all:
+                if not refresh_all and claims.due(conn, now):
                     claims_due.append(conn)
                 if conn.ctx.user_id is not None and not conn.ctx.is_public:
                     to_check.append(conn)
         if to_check:
             self.revalidate(to_check)
-        if claims is not None:  # unclaimed: admitted while Redis was away or slow
-            claims.maintain(unclaimed, claims_due, now)
+        claims.maintain(unclaimed, claims_due, now)  # unclaimed: Redis was away or slow
         self.state.sweep_namespaces()
 
     def revalidate(self, conns: List[Connection]) -> None:

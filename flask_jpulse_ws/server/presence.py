@@ -2,7 +2,7 @@
 
 Each process knows its own members (its local connections) exactly. Without Redis
 that is the whole answer. With Redis, each process also keeps its members in two keys
-per namespace (``relay.presence_keys``): a hash ``host|clientId -> member JSON`` and a
+per namespace (``keys.presence_keys``): a hash ``host|clientId -> member JSON`` and a
 sorted set of the same ids scored by expiry time, refreshed every third of
 ``JPULSE_WS_PRESENCE_TTL``. A killed process stops refreshing, its members expire,
 and whichever process finds them first removes them with one Lua script (atomic, so
@@ -254,10 +254,10 @@ class PresenceTracker:
         with self._lock:
             own = list(self._local.get(path, {}).values())
         if not self._redis_ready():
-            return newest_per_client(own), self.state.relay.distributed
+            return newest_per_client(own), self._link is not None
         hkey, zkey = self._keys(path)
         now = time.time()
-        own_prefix = self.state.relay.host_id + "|"
+        own_prefix = self.state.backend.host_id + "|"
         try:
             pipe = self._link.pipeline()
             pipe.zrangebyscore(zkey, now, "+inf")
@@ -306,11 +306,10 @@ class PresenceTracker:
         with self._lock:
             outgoing, self._outgoing = self._outgoing, {}
         outgoing = {p: b for p, b in outgoing.items() if b}
-        relay = self.state.relay
-        if relay.distributed:
+        if self._link is not None:  # members are shared with other processes
             self._store(outgoing)
             for path, batch in outgoing.items():
-                relay.publish("presence", path=path, **batch.to_wire())
+                self.state.backend.publish("presence", path=path, **batch.to_wire())
             # Refresh on the last tick before it is due, not the first after: the
             # period stays at most TTL/3 even when TTL/3 is not a multiple of a tick.
             if concurrency.monotonic() + self.batch_interval > self._next_refresh:
@@ -333,7 +332,8 @@ class PresenceTracker:
     # ------------------------------------------------------------ Redis
     @property
     def _link(self) -> Any:
-        return self.state.relay.link  # type: ignore[attr-defined]  # redis_link.RedisLink
+        """The backend's link to Redis (``redis_link.RedisLink``); ``None`` in one process."""
+        return self.state.backend.link
 
     @property
     def _errors(self) -> Tuple[Type[BaseException], ...]:
@@ -341,8 +341,7 @@ class PresenceTracker:
         return (LinkError,)
 
     def _redis_ready(self) -> bool:
-        relay: Any = self.state.relay
-        return bool(relay.distributed and relay.ensure_available())
+        return self._link is not None and self.state.backend.available()
 
     def _failed(self, what: str, exc: BaseException) -> None:
         from ..cluster.redis_link import CommandFailed
@@ -355,7 +354,7 @@ class PresenceTracker:
         return presence_keys(self.state.settings.channel_prefix, path)
 
     def _field(self, member: Member) -> str:
-        return f"{self.state.relay.host_id}|{member['clientId']}"
+        return f"{self.state.backend.host_id}|{member['clientId']}"
 
     def _key_ttl(self) -> int:
         return max(1, math.ceil(self.ttl * 3))  # a namespace nobody refreshes goes away
@@ -461,14 +460,14 @@ class PresenceTracker:
                         pending.join(m)
             if not batch:
                 continue
-            self.state.relay.publish("presence", path=path, **batch.to_wire())
+            self.state.backend.publish("presence", path=path, **batch.to_wire())
         for path in expired_paths:
             self._reap(path, now)
 
     def _reap(self, path: str, now: float) -> int:
         """Remove expired members of ``path`` (one atomic script); announce their leave."""
         hkey, zkey = self._keys(path)
-        own_prefix = self.state.relay.host_id + "|"
+        own_prefix = self.state.backend.host_id + "|"
         try:
             raw = self._link.call("EVAL", REAP_SCRIPT, 2, hkey, zkey, now, REDIS_CHUNK)
         except self._errors as exc:
@@ -488,7 +487,7 @@ class PresenceTracker:
             pending = self._batch(self._pending, path)
             for m in batch.left.values():
                 pending.leave(m)
-        self.state.relay.publish("presence", path=path, **batch.to_wire())
+        self.state.backend.publish("presence", path=path, **batch.to_wire())
         self._ensure_ticker()
         return len(batch.left)
 

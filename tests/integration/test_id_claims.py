@@ -1,7 +1,7 @@
 """The Redis scripts behind cluster-wide client id claims, against a private redis-server.
 
-A stand-in for the app state carries what ``IdClaims`` uses: the relay's link to Redis
-and prefix, and the app's secret key. The handshake side is covered by
+``IdClaims`` gets the link to Redis, the key prefix, the app's secret key and whether
+Redis is available, as the Redis backend gives them. The handshake side is covered by
 test_cluster.py::test_a_client_id_held_on_another_worker_is_not_given_to_another_identity.
 """
 
@@ -22,9 +22,7 @@ ID2 = "0b9c8d7e-6f5a-4b3c-9d2e-1f0a9b8c7d6e"
 def make_claims(url):
     client = redis_py.Redis.from_url(url)
     link = RedisLink(redis_py.Redis.from_url(url), on_down=lambda reason: None)
-    relay = SimpleNamespace(prefix="claims-test", link=link, ensure_available=lambda: True)
-    state = SimpleNamespace(relay=relay, app=SimpleNamespace(secret_key="s3cret"))
-    return IdClaims(state), client
+    return IdClaims(link, "claims-test", b"s3cret", available=lambda: True), client
 
 
 def conn_of(client_id, claim):
@@ -35,15 +33,15 @@ def conn_of(client_id, claim):
 def test_claims_keep_ids_per_identity_and_release_only_their_own(redis_server):
     claims, client = make_claims(redis_server.url)
     alice, mallory = ("user", "alice", "tok-a"), ("anon", "10.0.0.9", "curl")
-    got, first = claims.claim(PATH, ID, alice)
-    assert got == ID and first
+    got, first, later = claims.claim(PATH, ID, alice)
+    assert got == ID and first and not later
     key = client_id_key("claims-test", PATH, ID)
     stored = client.get(key).decode()
     assert stored == first and "alice" not in stored and "tok-a" not in stored  # keyed digest
     assert 0 < client.pttl(key) <= CLAIM_TTL * 1000
-    other, other_claim = claims.claim(PATH, ID, mallory)
+    other, other_claim, _ = claims.claim(PATH, ID, mallory)
     assert other != ID and other_claim  # another identity gets a fresh id, claimed too
-    again, second = claims.claim(PATH, ID, alice)  # the same identity, another worker
+    again, second, _ = claims.claim(PATH, ID, alice)  # the same identity, another worker
     assert again == ID and second != first
     # The older socket's release leaves the newer socket's claim alone (the script):
     assert claims.link.eval(claims._release, [key], [first]) == 0
@@ -55,7 +53,7 @@ def test_claims_keep_ids_per_identity_and_release_only_their_own(redis_server):
 
 def test_refresh_extends_and_remakes_lost_claims_but_never_steals(redis_server):
     claims, client = make_claims(redis_server.url)
-    _, claim = claims.claim(PATH, ID2, ("user", "bob", "t"))
+    _, claim, _ = claims.claim(PATH, ID2, ("user", "bob", "t"))
     key = client_id_key("claims-test", PATH, ID2)
     client.pexpire(key, 1000)
     conn = conn_of(ID2, claim)

@@ -9,7 +9,6 @@ The process is not gevent-patched, so callers are threads (the threads fallback 
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 import redis as redis_py
@@ -37,8 +36,7 @@ def test_fifty_concurrent_claims_over_a_two_connection_pool_degrade_nothing(redi
     made, nothing is reported as an outage, and Redis saw a handful of pipelines."""
     downs = []
     link = make_link(redis_server.url, downs, max_connections=2)
-    relay = SimpleNamespace(prefix="link-test", link=link, ensure_available=lambda: True)
-    claims = IdClaims(SimpleNamespace(relay=relay, app=SimpleNamespace(secret_key="k")))
+    claims = IdClaims(link, "link-test", b"k", available=lambda: True)
     start = threading.Barrier(50)
 
     def claim(i):
@@ -47,7 +45,8 @@ def test_fifty_concurrent_claims_over_a_two_connection_pool_degrade_nothing(redi
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(claim, range(50)))
-    assert all(value is not None for _, value in results), claims.status()
+    assert all(value is not None and not later for _, value, later in results), \
+        claims.status()
     assert claims.status()["made"] == 50 and claims.status()["deferred"] == 0
     assert downs == []
     assert link.batches < 50  # coalesced: several claims per pipeline
