@@ -58,7 +58,8 @@ class LocalClaims:
         """Whether ``conn``'s claim needs refreshing (never: there is none)."""
         return False
 
-    def maintain(self, unclaimed: List[Any], due: List[Any], now: float) -> None:
+    def maintain(self, unclaimed: List[Any], due: List[Any], now: float,
+                 everything: bool = False) -> None:
         """Nothing to claim late or refresh."""
 
     def status(self) -> Dict[str, int]:

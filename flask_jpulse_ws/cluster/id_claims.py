@@ -98,7 +98,8 @@ class IdClaims:
         self._release = link.register_script(_RELEASE)
         self._refresh = link.register_script(_REFRESH)
         self._key = secret
-        self._refresh_all = False
+        self._recoveries = 0  # Redis came back this many times...
+        self._refreshed = 0  # ...and every claim was made again after this many
         self._maintaining = False
         self.made = 0
         self.deferred = 0  # admitted without a claim (Redis away or slow)
@@ -137,34 +138,45 @@ class IdClaims:
         self.deferred += 1
         return client_id, None, True
 
-    def maintain(self, unclaimed: List[Claimant], due: List[Claimant], now: float
-                 ) -> None:
+    def maintain(self, unclaimed: List[Claimant], due: List[Claimant], now: float,
+                 everything: bool = False) -> None:
         """From the health cycle: claim ``unclaimed`` ids late and refresh the claims
-        ``due``, in a task of their own so that a slow Redis never delays pings. While the
-        previous round still runs, this one is skipped: unclaimed sockets are picked up
-        again next tick, due claims at their next ping (long before they expire)."""
-        if self._maintaining or not (unclaimed or due):
+        ``due`` (``everything``: every claim, as :attr:`refresh_all_wanted` asked), in a
+        task of their own so that a slow Redis never delays pings. While the previous
+        round still runs, this one is skipped: unclaimed sockets are picked up again next
+        tick, due claims at their next ping (long before they expire)."""
+        if self._maintaining:
+            return
+        if not (unclaimed or due):
+            if everything:
+                self._refreshed = self._recoveries  # nothing held: nothing to make again
             return
         self._maintaining = True
-        self._refresh_all = False  # the health cycle passed every claim when wanted
-        concurrency.spawn(self._maintain, unclaimed, due, now)
+        concurrency.spawn(self._maintain, unclaimed, due, now,
+                          self._recoveries if everything else None)
 
-    def _maintain(self, unclaimed: List[Claimant], due: List[Claimant], now: float
-                  ) -> None:
+    def _maintain(self, unclaimed: List[Claimant], due: List[Claimant], now: float,
+                  recovery: Optional[int]) -> None:
         try:
             self.claim_late(unclaimed, now)
-            self.refresh(due, now)
+            if self.refresh(due, now) and recovery is not None:
+                self._refreshed = max(self._refreshed, recovery)
         except Exception:  # noqa: BLE001 - the next cycle tries again
             log.exception("client id claim maintenance failed")
         finally:
             self._maintaining = False
 
+    @staticmethod
+    def _holds(conn: Claimant) -> bool:
+        """``conn`` is open and still the socket its namespace knows by its id."""
+        return conn.open and conn.namespace.clients.get(conn.client_id) is conn
+
     def claim_late(self, conns: List[Claimant], now: float) -> None:
         """Claim the ids of sockets admitted without a claim; close 4409 any whose id
         another identity took meanwhile."""
+        conns = [c for c in conns if self._holds(c)][:MAX_PER_CYCLE]
         if not conns or not self._available():
             return
-        conns = conns[:MAX_PER_CYCLE]
         pipe = self.link.pipeline()
         values = []
         for conn in conns:
@@ -179,7 +191,7 @@ class IdClaims:
             return
         for conn, value, taken in zip(conns, values, results):
             conn.needs_claim = False
-            if not conn.open:
+            if not self._holds(conn):  # left or replaced while we waited
                 if taken:
                     self._post_release(conn.namespace.path, conn.client_id, value)
                 continue
@@ -187,8 +199,12 @@ class IdClaims:
                 conn.id_claim, conn.id_claimed_at = value, now
                 self.late += 1
             else:
-                self.conflicts += 1
-                conn.close(CloseCode.REPLACED, "Client id in use elsewhere: reconnect")
+                self._conflict(conn)
+
+    def _conflict(self, conn: Claimant) -> None:
+        self.conflicts += 1
+        conn.id_claim = None
+        conn.close(CloseCode.REPLACED, "Client id in use elsewhere: reconnect")
 
     @staticmethod
     def due(conn: Claimant, now: float) -> bool:
@@ -207,19 +223,22 @@ class IdClaims:
 
     def recovered(self) -> None:
         """Redis answers again after an outage: it may have restarted empty, so every
-        claim is made again on the next health cycle."""
-        self._refresh_all = True
+        claim is made again by the next health cycles (until one succeeds)."""
+        self._recoveries += 1
 
     @property
     def refresh_all_wanted(self) -> bool:
-        """True after :meth:`recovered` until a health cycle hands every claim over."""
-        return self._refresh_all
+        """True after :meth:`recovered` until every claim has been made again."""
+        return self._refreshed < self._recoveries
 
-    def refresh(self, due: List[Claimant], now: float) -> None:
-        """Refresh (or make again) the claims of ``due``: connections holding a claim
-        older than :data:`CLAIM_REFRESH` (the health scheduler picks them)."""
-        if not due or not self._available():
-            return
+    def refresh(self, due: List[Claimant], now: float) -> bool:
+        """Refresh (or make again) the claims of ``due``; close 4409 a socket whose id
+        another identity took while Redis had lost the claim. True when all went."""
+        due = [c for c in due if self._holds(c)]
+        if not due:
+            return True
+        if not self._available():
+            return False
         for start in range(0, len(due), MAX_PER_CYCLE):
             part = due[start:start + MAX_PER_CYCLE]
             pipe = self.link.pipeline()
@@ -227,12 +246,18 @@ class IdClaims:
                 self._refresh(keys=[self._key_of(conn.namespace.path, conn.client_id)],
                               args=[str(conn.id_claim), int(CLAIM_TTL * 1000)], client=pipe)
             try:
-                self.link.run(pipe)
+                results = self.link.run(pipe)
             except LinkError as exc:  # due again at their next ping
                 log.info("could not refresh client id claims: %s", exc)
-                return
-            for conn in part:
-                conn.id_claimed_at = now
+                return False
+            for conn, kept in zip(part, results):
+                if not self._holds(conn):  # left meanwhile: its release follows ours
+                    continue
+                if kept:
+                    conn.id_claimed_at = now
+                else:
+                    self._conflict(conn)
+        return True
 
     def status(self) -> Dict[str, int]:
         return {"made": self.made, "deferred": self.deferred, "late": self.late,

@@ -22,7 +22,7 @@ from .. import concurrency
 from ..core import envelope
 from .keys import instances_key, relay_channel, stats_key
 from .redis_connect import redis_client
-from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkError, RedisLink
+from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkDown, LinkError, RedisLink
 from .relay import encode_op, merge_instances
 
 __all__ = ["RedisRelay", "check_cooperative"]
@@ -110,6 +110,7 @@ class RedisRelay:
         self._gap_paths: Set[str] = set()
         self._gap_all = False
         self._pending_revokes: Set[str] = set()
+        self._sending_pending = False
         self._down_since: Optional[float] = None
         self._next_probe = 0.0
         self.last_error = ""
@@ -136,9 +137,9 @@ class RedisRelay:
 
     # ------------------------------------------------------------------ publishing
     def publish(self, op: str, **fields: Any) -> None:
-        """Publish now, on the caller's greenlet (so a message is in Redis before the
-        call returns: per-caller order holds across workers); dropped at once while
-        degraded; a failure opens the circuit."""
+        """Publish through the link and wait until the message is in Redis (so
+        per-caller order holds across workers); dropped at once while degraded, and
+        counted as dropped (a ``resync`` follows) if it could not be sent in time."""
         if not self._started:
             self.start()  # a REST handler may publish before any socket arrived
         path = fields.get("path")
@@ -228,8 +229,9 @@ class RedisRelay:
             if now >= next_stats and not self.degraded:
                 next_stats = now + STATS_INTERVAL
                 self._publish_stats()
-            if not self.degraded and (self._gap_all or self._gap_paths):
-                self._publish_gaps()  # dropped while Redis was busy, not down
+            if not self.degraded and (self._gap_all or self._gap_paths
+                                      or self._pending_revokes):
+                self._send_pending()  # dropped while Redis was busy, not down
 
     def _on_message(self, data: bytes) -> None:
         self.received += 1
@@ -253,19 +255,23 @@ class RedisRelay:
         self._first_attempt.set()
         try:
             self.link.call("PING", timeout=REPLY_TIMEOUT)
-        except LinkError as exc:
+        except LinkDown as exc:
             self._enter_degraded(f"publisher unavailable: {exc}", subscription_lost=False)
             self._next_probe = concurrency.monotonic() + BACKOFF_MIN
             return
+        except LinkBusy:  # answering others: Redis is there
+            pass
         if self.degraded:
             self._recover()
 
     def _probe(self, now: float) -> None:
         try:
             self.link.call("PING", timeout=REPLY_TIMEOUT)
-        except LinkError:
+        except LinkDown:
             self._next_probe = now + BACKOFF_MAX
             return
+        except LinkBusy:  # answering others: Redis is there
+            pass
         self._recover()
 
     def ensure_available(self) -> bool:
@@ -297,23 +303,35 @@ class RedisRelay:
         self.degraded = False
         self._down_since = None
         sub_gap, self._sub_gap = self._sub_gap, False
-        revokes, self._pending_revokes = list(self._pending_revokes), set()
         resynced = self._on_gap("relay-gap") if sub_gap else 0
         if resynced:
             self.resyncs += 1
-        self._publish_gaps()
-        for token in revokes:
-            self.publish("revoke", token=token)
+        self._send_pending()
         self._on_recovered()  # e.g. claims lost with a Redis restart are made again
         log.warning("Redis relay restored after %.1f s: %d messages dropped so far, "
                     "_resync sent to %d local clients", down, self.dropped, resynced)
 
-    def _publish_gaps(self) -> None:
-        """Tell the other processes which namespaces missed what this one dropped."""
+    def _send_pending(self) -> None:
+        """Tell the other processes which namespaces missed what this one dropped, and
+        send the logout revocations kept meanwhile: in a task of its own, so that the
+        subscriber never waits on a publish."""
+        if self._sending_pending:
+            return
+        self._sending_pending = True
         gap_all, self._gap_all = self._gap_all, False
         gap_paths, self._gap_paths = sorted(self._gap_paths), set()
-        if gap_all or gap_paths:
-            self.publish("resync", paths=None if gap_all else gap_paths)
+        revokes, self._pending_revokes = list(self._pending_revokes), set()
+        concurrency.spawn(self._publish_pending, gap_all, gap_paths, revokes)
+
+    def _publish_pending(self, gap_all: bool, gap_paths: List[str], revokes: List[str]
+                         ) -> None:
+        try:
+            if gap_all or gap_paths:
+                self.publish("resync", paths=None if gap_all else gap_paths)
+            for token in revokes:
+                self.publish("revoke", token=token)
+        finally:
+            self._sending_pending = False
 
     # ------------------------------------------------------------------ stats
     def _publish_stats(self) -> None:
@@ -323,10 +341,8 @@ class RedisRelay:
                  ex=STATS_TTL)
         pipe.sadd(instances_key(self.prefix), self.host_id)
         pipe.expire(instances_key(self.prefix), STATS_TTL * 6)
-        try:
-            self.link.run(pipe, timeout=STATS_WAIT)
-        except LinkError as exc:
-            log.info("could not publish stats to Redis: %s", exc)
+        if not self.link.post(pipe):  # not waited for: the subscriber must not block
+            log.info("could not publish stats to Redis: the link's queue is full")
 
     def cluster_stats(self) -> Dict[str, Any]:
         """Stats rows of every live process of this app (own row always fresh)."""

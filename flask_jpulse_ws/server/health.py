@@ -73,7 +73,8 @@ class HealthScheduler:
                     to_check.append(conn)
         if to_check:
             self.revalidate(to_check)
-        claims.maintain(unclaimed, claims_due, now)  # unclaimed: Redis was away or slow
+        # unclaimed: admitted while Redis was away or slow; after an outage, every claim
+        claims.maintain(unclaimed, claims_due, now, everything=refresh_all)
         self.state.sweep_namespaces()
 
     def revalidate(self, conns: List[Connection]) -> None:
