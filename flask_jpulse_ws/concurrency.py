@@ -7,6 +7,7 @@ is made once, at first use, from whether ``socket`` is monkey-patched.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import sys
@@ -14,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["using_gevent", "spawn", "spawn_later", "sleep", "Event", "Lock",
+__all__ = ["using_gevent", "spawn", "spawn_later", "every", "sleep", "Event", "Lock",
            "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon", "is_tls",
            "WriteStarted"]
 
@@ -42,6 +43,23 @@ def spawn(fn: Callable[..., Any], *args: Any) -> Any:
     t = threading.Thread(target=fn, args=args, daemon=True)
     t.start()
     return t
+
+
+def every(interval: float, fn: Callable[[], Any], name: str) -> Any:
+    """Run ``fn()`` every ``interval`` seconds in a task of its own, for as long as it
+    returns anything but ``False``; an exception is logged (naming ``name``) and the
+    loop goes on: one bad round must not stop a background job."""
+
+    def loop() -> None:
+        while True:
+            sleep(interval)
+            try:
+                if fn() is False:
+                    return
+            except Exception:
+                logging.getLogger("flask_jpulse_ws").exception("%s failed", name)
+
+    return spawn(loop)
 
 
 def spawn_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:

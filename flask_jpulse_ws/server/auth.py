@@ -11,7 +11,7 @@ import secrets
 from typing import Any, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from ..context import Context, initials_of
+from ..context import Context, initials_of, roles_of
 
 __all__ = ["origin_check", "client_ip", "context_from_user", "SESSION_TOKEN_KEY",
            "session_token", "ensure_session_token", "reload_user", "identity_of"]
@@ -103,10 +103,7 @@ def context_from_user(user: Any, ip: str) -> Context:
     username = str(getattr(user, "username", None) or user_id)
     first = str(getattr(user, "first_name", "") or "")
     last = str(getattr(user, "last_name", "") or "")
-    roles = getattr(user, "roles", ()) or ()
-    if isinstance(roles, str):
-        roles = (roles,)
-    return Context(username=username, ip=ip, roles=tuple(str(r) for r in roles),
+    return Context(username=username, ip=ip, roles=roles_of(user),
                    first_name=first, last_name=last,
                    initials=str(getattr(user, "initials", "") or initials_of(first, last,
                                                                           username)),

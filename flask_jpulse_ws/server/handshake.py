@@ -23,12 +23,13 @@ from ..core.history import Position, parse_since
 from ..core.paths import is_whitelisted
 from ..errors import CloseCode
 from . import auth
+from .admission import Rejected
 from .connection import Connection
 from .namespace import close_code_for
 from .pipeline import handle_message
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..extension import AppState
+    from .state import AppState
 
 __all__ = ["serve", "UUID_RE"]
 
@@ -39,15 +40,6 @@ _HANDLER_DRAIN_TIMEOUT = 30.0
 
 #: Canonical lowercase UUID, any version.
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-
-class Rejected(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """An admission check failed: close with ``code`` after the upgrade."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 def serve(state: AppState) -> Any:
@@ -64,7 +56,7 @@ def serve(state: AppState) -> Any:
     allowed, expected = auth.origin_check(environ, settings.allowed_origins,
                                           settings.trusted_proxies)
     if not allowed:
-        state.refused_origins += 1
+        state.admission.refused_origins += 1
         log.warning("refused WebSocket upgrade from origin %r to %s: expected %s "
                     "(set JPULSE_WS_ALLOWED_ORIGINS to allow it)",
                     environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none")
@@ -91,16 +83,16 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
     """Admission after the 101, then the connection's life."""
     counted = False
     try:
-        state.admit_ip(ip)
+        state.admission.admit(ip)
         counted = True
         ns, client_id, ctx, identity, claim, claim_later = _admit(state, environ, ctx, token)
     except Exception as exc:
         if counted:
-            state.release_ip(ip)
+            state.admission.release(ip)
         if not isinstance(exc, Rejected):
             exc = Rejected(CloseCode.SERVER_ERROR, "Server error")
             log.exception("admission to %s failed", environ.get("PATH_INFO"))
-        state.rejections[exc.code] = state.rejections.get(exc.code, 0) + 1
+        state.admission.refused(exc.code)
         _close_rejected(sock, exc.code, exc.reason, state.settings.close_timeout)
         return
     conn = Connection(sock, ns, client_id, ctx, identity, token)
@@ -115,7 +107,7 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
         conn.terminate(CloseCode.SERVER_ERROR, "Server error")  # through its writer
         raise
     finally:
-        state.release_ip(ip)
+        state.admission.release(ip)
         _leave(state, conn)
 
 

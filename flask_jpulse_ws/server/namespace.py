@@ -19,21 +19,24 @@ from typing import (
     Iterable,
     List,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
     TypeVar,
     Union,
 )
 
+from flask import Flask
+
+from ..config import Settings
 from ..core import envelope
 from ..core.history import DEFAULT_TTL
 from ..core.limits import Limits
 from ..core.paths import PathPattern, decode_path, is_pattern, validate_path
-from ..core.stats import NamespaceStats
+from ..core.stats import ActivityLog, NamespaceStats
 from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..extension import AppState
     from .connection import Connection
 
 __all__ = ["NamespaceTemplate", "Namespace", "Registry"]
@@ -43,6 +46,33 @@ log = logging.getLogger("flask_jpulse_ws")
 Handler = Callable[["Connection"], Any]
 F = TypeVar("F", bound=Handler)
 OnCreate = Callable[[Any, Any], Any]
+
+
+class AppServices(Protocol):
+    """What a live namespace asks of its app (``server.state.AppState`` is one): settings,
+    counters, the activity log, fan-out and presence. A protocol, so that this module
+    need not import the app state that imports it."""
+
+    app: Flask
+    settings: Settings
+    total_messages: int
+    total_dropped: int
+    activity: ActivityLog
+    registry: Registry
+
+    @property
+    def presence(self) -> Any: ...
+
+    def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int: ...
+
+    def send_to_client(self, path: str, client_id: str, data: Dict[str, Any],
+                       ctx: Any = None) -> bool: ...
+
+    def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
+                ctx: Any = None) -> Dict[str, Any]: ...
+
+    def remove_namespace(self, path: str, remove_if_empty: bool = False,
+                         _relay: bool = True) -> bool: ...
 
 
 class NamespaceTemplate:
@@ -153,7 +183,7 @@ class NamespaceTemplate:
 class Namespace:
     """A live namespace of one app: its clients, limits and stats."""
 
-    def __init__(self, state: AppState, template: NamespaceTemplate, path: str,
+    def __init__(self, state: AppServices, template: NamespaceTemplate, path: str,
                  params: Dict[str, str]) -> None:
         self.state = state
         self.template = template
@@ -274,7 +304,7 @@ class Namespace:
 class Registry:
     """Templates and live namespaces of one app; path lookup and the namespace cap."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppServices) -> None:
         self.state = state
         self.literals: Dict[str, NamespaceTemplate] = {}
         self.patterns: List[NamespaceTemplate] = []
