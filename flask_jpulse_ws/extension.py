@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from flask import Blueprint, Flask, current_app, has_app_context, url_for
+from flask import Blueprint, Flask, current_app, has_app_context, session, url_for
+from flask import request as current_request
+from flask_login import user_loaded_from_cookie, user_logged_in, user_logged_out
 from markupsafe import Markup
 
 from . import config
 from .cluster.backend import Backend
 from .context import Context
 from .server import auth
+from .server.handshake import serve
 from .server.namespace import Namespace, NamespaceTemplate, OnCreate
 from .server.state import AppState
 
@@ -74,7 +77,6 @@ class JPulseWS:
         self._connect_login_signals(app)
 
     def _blueprint(self, state: AppState) -> Blueprint:
-        from .server.handshake import serve
         bp = Blueprint("jpulse_ws", __name__, static_folder="static",
                        static_url_path="/_jpulse_ws/static")
 
@@ -88,16 +90,11 @@ class JPulseWS:
         return bp
 
     def _connect_login_signals(self, app: Flask) -> None:
-        try:
-            from flask_login import user_loaded_from_cookie, user_logged_in, user_logged_out
-        except ImportError:  # pragma: no cover - flask-login is a dependency
-            return
         user_logged_in.connect(auth.ensure_session_token, app, weak=False)
         app.before_request(auth.adopt_session)
         user_loaded_from_cookie.connect(auth.ensure_session_token, app, weak=False)
 
         def revoke(sender: Any, **_kw: Any) -> None:
-            from flask import session
             token = session.pop(auth.SESSION_TOKEN_KEY, None)
             if token:
                 sender.extensions[EXTENSION_KEY].revoke_session(token)
@@ -108,7 +105,7 @@ class JPulseWS:
         if has_app_context():
             state = current_app.extensions.get(EXTENSION_KEY)
             if state is not None and state.ext is self:
-                return state  # type: ignore[no-any-return]
+                return state
         if len(self._states) == 1:
             return self._states[0]
         if not self._states:
@@ -180,7 +177,6 @@ class JPulseWS:
 
     def broadcast_context(self, request: Any = None) -> Context:
         """The context of the HTTP caller, for broadcasts made from REST handlers."""
-        from flask import request as current_request
         req = request if request is not None else current_request
         state = self._state()
         ip = auth.client_ip(req.environ, state.settings.trusted_proxies)

@@ -27,6 +27,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, url_for
+from flask_login import current_user
 
 from .. import concurrency
 from ..context import roles_of
@@ -285,7 +286,6 @@ def _current_user() -> Any:
     """The logged-in flask-login user, or ``None`` (anonymous or no flask-login)."""
     if getattr(current_app, "login_manager", None) is None:
         return None
-    from flask_login import current_user
     return current_user if current_user.is_authenticated else None
 
 

@@ -35,6 +35,7 @@ import redis
 from redis.commands.core import Script
 
 from .. import concurrency
+from .link_errors import CommandFailed, LinkBusy, LinkDown, LinkError
 
 __all__ = ["RedisLink", "LinkError", "LinkDown", "LinkBusy", "CommandFailed",
            "REPLY_TIMEOUT", "CALL_WAIT", "MAX_QUEUED", "MAX_BATCH"]
@@ -53,30 +54,6 @@ CALL_WAIT = 5.0
 MAX_QUEUED = 20000
 #: Commands sent in one pipeline at the most (a call's commands are never split).
 MAX_BATCH = 1000
-
-
-class LinkError(Exception):
-    """A Redis call did not give its result; the caller takes its fallback."""
-
-
-class LinkDown(LinkError):  # noqa: N818 - named for the state it reports
-    """The connection to Redis failed or Redis did not answer (already reported)."""
-
-
-class LinkBusy(LinkError):  # noqa: N818 - named for the state it reports
-    """The call waited too long for its turn, or the queue is full: not an outage.
-
-    ``sent`` tells whether the commands had gone to Redis when the caller gave up (their
-    outcome is then unknown); otherwise they never will be, if the call was cancelled.
-    """
-
-    def __init__(self, message: str, sent: bool = False) -> None:
-        super().__init__(message)
-        self.sent = sent
-
-
-class CommandFailed(LinkError):  # noqa: N818 - named for the state it reports
-    """Redis answered a command with an error."""
 
 
 #: What redis-py can send as an argument (it refuses bool and everything else, but only

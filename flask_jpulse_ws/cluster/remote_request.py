@@ -99,7 +99,7 @@ class RemoteRequests:
             if not waiter.result.wait(max(0.0, left)):
                 return {**_error(f"No reply within {timeout} s", ErrorCode.REQUEST_TIMEOUT),
                         "requestId": rid}
-            return waiter.result.value  # type: ignore[no-any-return]
+            return waiter.result.value
         finally:
             self._waiting.pop(rid, None)
 

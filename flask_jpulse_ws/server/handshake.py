@@ -46,7 +46,7 @@ def serve(state: AppState) -> Any:
     """The view behind every ``/api/1/ws/...`` upgrade request."""
     environ = request.environ
     settings = state.settings
-    key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
+    key = str(environ.get("HTTP_SEC_WEBSOCKET_KEY") or "")
     if "websocket" not in environ.get("HTTP_UPGRADE", "").lower() or \
             not frames.valid_client_key(key):
         return Response("Expected a WebSocket upgrade request\n", 400)
@@ -66,7 +66,7 @@ def serve(state: AppState) -> Any:
     ctx = state.load_context(ip)
     token = auth.session_token()
     state.ensure_started()
-    sock.sendall(frames.handshake_response(key))  # type: ignore[arg-type]
+    sock.sendall(frames.handshake_response(key))
     # From here on the socket speaks WebSocket: nothing may escape to the server, which
     # would write an HTTP 500 after the 101 (clients read it as a corrupt frame).
     try:

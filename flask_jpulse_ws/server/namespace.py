@@ -25,6 +25,7 @@ from typing import (
     TypeVar,
     Union,
 )
+from urllib.parse import quote
 
 from flask import Flask
 
@@ -270,12 +271,12 @@ class Namespace:
     def presence(self) -> List[Dict[str, Any]]:
         """Members on every process: ``clientId``, ``username``, ``connectedAt``, ``info``."""
         self._require_presence()
-        return self.state.presence.members(self.path)  # type: ignore[no-any-return]
+        return self.state.presence.members(self.path)
 
     def presence_stats(self) -> Dict[str, Any]:
         """``{"clients": n, "users": m}`` across every process (distinct usernames)."""
         self._require_presence()
-        return self.state.presence.stats(self.path)  # type: ignore[no-any-return]
+        return self.state.presence.stats(self.path)
 
     def _require_presence(self) -> None:
         if not self.template.has_presence:
@@ -393,7 +394,6 @@ class Registry:
 
 def _encode_segments(path: str) -> str:
     # A decoded concrete path back to raw form, segment by segment, for pattern matching.
-    from urllib.parse import quote
     return "/".join(quote(seg, safe="!$&'()*+,;=:@~-._") for seg in path.split("/"))
 
 

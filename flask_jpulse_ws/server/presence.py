@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Ty
 
 from .. import concurrency
 from ..cluster.keys import presence_keys
+from ..cluster.link_errors import CommandFailed, LinkError
 from ..core import envelope, frames
 from ..core.stats import iso
 
@@ -333,14 +334,12 @@ class PresenceTracker:
 
     @property
     def _errors(self) -> Tuple[Type[BaseException], ...]:
-        from ..cluster.redis_link import LinkError
         return (LinkError,)
 
     def _redis_ready(self) -> bool:
         return self._link is not None and self.backend.available()
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        from ..cluster.redis_link import CommandFailed
         if isinstance(exc, CommandFailed):  # our command, not the connection
             log.error("%s failed: %s", what, exc)
         else:  # Redis away (the link opened the circuit) or busy: retried later

@@ -24,6 +24,7 @@ from . import auth, shutdown
 from .admission import Admission
 from .health import HealthScheduler, expire
 from .namespace import Namespace, NamespaceTemplate, Registry
+from .presence import PresenceTracker
 
 __all__ = ["AppState"]
 
@@ -62,7 +63,6 @@ class AppState:
     def presence(self) -> Any:
         """The presence tracker (``presence.PresenceTracker``), made on first use."""
         if self._presence is None:
-            from .presence import PresenceTracker  # only apps with presence need it
             self._presence = PresenceTracker(self.settings, self.registry, self.backend)
         return self._presence
 
@@ -174,9 +174,9 @@ class AppState:
                           msg_type: str = "") -> bool:
         ns = self.registry.live.get(path)
         conn = ns.clients.get(client_id) if ns is not None else None
-        if conn is None or not conn.send_raw_json(payload):
+        if ns is None or conn is None or not conn.send_raw_json(payload):
             return False
-        ns.record_sent(msg_type, 1, "", payload)  # type: ignore[union-attr]
+        ns.record_sent(msg_type, 1, "", payload)
         return True
 
     def resync_all(self, reason: str) -> int:
