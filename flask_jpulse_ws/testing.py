@@ -189,7 +189,7 @@ class WSTestClient:
                 data = message.get("data")
                 if not isinstance(data, dict) or data.get("type") != type:
                     continue
-            return message  # type: ignore[no-any-return]
+            return message
 
     def receive_all(self, timeout: float = 0.3) -> List[Dict[str, Any]]:
         """Everything that arrives within ``timeout`` seconds."""

@@ -711,14 +711,14 @@ class WSClient:
             return _failure("NOT_CONNECTED", "Not connected: the request was not sent.",
                             requestId=rid)
         if waiter.wait(timeout):
-            return waiter.value  # type: ignore[no-any-return]
+            return waiter.value
         with self._lock:
             self._pending.pop(rid, None)
             self._expired[rid] = None
             while len(self._expired) > EXPIRED_MEMORY:
                 del self._expired[next(iter(self._expired))]
         if waiter.wait(0):  # the reply won the race after all
-            return waiter.value  # type: ignore[no-any-return]
+            return waiter.value
         return _failure("REQUEST_TIMEOUT", f"No reply within {timeout:g} s.", requestId=rid)
 
     def _fail_pending(self, code: str, error: str) -> None:
