@@ -28,6 +28,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check flask_jpulse_ws tests example_app benchmarks
+	$(BIN)/lint-imports  # the layers of docs/design.md (pyproject.toml)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

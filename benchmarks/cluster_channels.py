@@ -25,7 +25,8 @@ import orjson
 import redis
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from flask_jpulse_ws.relay import encode_op, namespace_channel, relay_channel  # noqa: E402
+from flask_jpulse_ws.cluster.keys import namespace_channel, relay_channel  # noqa: E402
+from flask_jpulse_ws.cluster.relay import encode_op  # noqa: E402
 
 PREFIX = "bench"
 

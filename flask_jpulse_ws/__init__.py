@@ -14,13 +14,13 @@
         chat.broadcast({"type": "chat", "data": conn.message.get("data")}, conn.ctx)
 """
 
-from .connection import Connection
+from .cluster.emitter import Emitter
+from .cluster.redis_connect import redis_client
 from .context import Context
-from .emitter import Emitter
 from .errors import CloseCode, ErrorCode, WSError
 from .extension import JPulseWS
-from .namespace import Namespace, NamespaceTemplate
-from .redis_connect import redis_client
+from .server.connection import Connection
+from .server.namespace import Namespace, NamespaceTemplate
 
 __all__ = ["JPulseWS", "Namespace", "NamespaceTemplate", "Connection", "Context",
            "WSError", "CloseCode", "ErrorCode", "Emitter", "redis_client", "__version__"]

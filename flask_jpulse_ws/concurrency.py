@@ -7,6 +7,7 @@ is made once, at first use, from whether ``socket`` is monkey-patched.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import sys
@@ -14,11 +15,12 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-__all__ = ["using_gevent", "spawn", "spawn_later", "sleep", "Event", "Lock",
+__all__ = ["using_gevent", "spawn", "spawn_later", "every", "sleep", "Event", "Lock",
            "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon", "is_tls",
            "WriteStarted"]
 
 _gevent: Optional[bool] = None
+_gevent_module: Any = None
 monotonic = time.monotonic
 
 
@@ -26,29 +28,54 @@ def using_gevent() -> bool:
     """True when the process runs gevent with a monkey-patched ``socket``."""
     global _gevent
     if _gevent is None:
-        try:
-            from gevent import monkey
-            _gevent = bool(monkey.is_module_patched("socket"))
-        except ImportError:  # pragma: no cover - gevent is a dependency
-            _gevent = False
+        # Not imported yet: nothing patched socket (and a script that only uses the
+        # Emitter never loads gevent).
+        _gevent = "gevent" in sys.modules and bool(
+            _gevent_lib().monkey.is_module_patched("socket"))
     return _gevent
+
+
+def _gevent_lib() -> Any:
+    """gevent with the parts used here, imported on first use."""
+    global _gevent_module
+    if _gevent_module is None:
+        import gevent.event
+        import gevent.lock
+        import gevent.monkey
+        _gevent_module = gevent
+    return _gevent_module
 
 
 def spawn(fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` concurrently: a greenlet, or a daemon thread."""
     if using_gevent():
-        import gevent
-        return gevent.spawn(fn, *args)
+        return _gevent_lib().spawn(fn, *args)
     t = threading.Thread(target=fn, args=args, daemon=True)
     t.start()
     return t
 
 
+def every(interval: float, fn: Callable[[], Any], name: str) -> Any:
+    """Run ``fn()`` every ``interval`` seconds in a task of its own, for as long as it
+    returns anything but ``False``; an exception is logged (naming ``name``) and the
+    loop goes on: one bad round must not stop a background job."""
+
+    def loop() -> None:
+        while True:
+            sleep(interval)
+            try:
+                if fn() is False:
+                    return
+            except Exception:
+                logging.getLogger("flask_jpulse_ws").exception("%s failed", name)
+
+    return spawn(loop)
+
+
 def spawn_later(seconds: float, fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)`` after ``seconds``; returns something with ``.cancel()``."""
     if using_gevent():
-        import gevent
-        g = gevent.spawn_later(seconds, fn, *args)
+        g = _gevent_lib().spawn_later(seconds, fn, *args)
         g.cancel = g.kill  # same verb as threading.Timer
         return g
     t = threading.Timer(seconds, fn, args=args)
@@ -81,14 +108,14 @@ def receiver(sock: Any, size: int) -> Callable[[], bytes]:
     event = getattr(sock, "_read_event", None)
     raw = getattr(sock, "_sock", None)
     if is_tls(sock) or not using_gevent() or wait is None or event is None or raw is None:
-        return lambda: sock.recv(size)  # type: ignore[no-any-return]
+        return lambda: sock.recv(size)
     raw_recv = raw.recv
 
     def recv() -> bytes:
         while True:
             wait(event)
             try:
-                return raw_recv(size)  # type: ignore[no-any-return]
+                return raw_recv(size)
             except (BlockingIOError, InterruptedError):
                 continue  # woken without data: wait again
 
@@ -97,29 +124,25 @@ def receiver(sock: Any, size: int) -> Callable[[], bytes]:
 
 def call_soon(fn: Callable[[], Any]) -> None:
     """Run ``fn()`` once the running greenlet yields (gevent only; never blocks in it)."""
-    import gevent
-    gevent.get_hub().loop.run_callback(fn)
+    _gevent_lib().get_hub().loop.run_callback(fn)
 
 
 def sleep(seconds: float) -> None:
     if using_gevent():
-        import gevent
-        gevent.sleep(seconds)
+        _gevent_lib().sleep(seconds)
     else:
         time.sleep(seconds)
 
 
 def Event() -> Any:  # noqa: N802 - a factory standing in for a class
     if using_gevent():
-        from gevent.event import Event as GEvent
-        return GEvent()
+        return _gevent_lib().event.Event()
     return threading.Event()
 
 
 def Lock() -> Any:  # noqa: N802
     if using_gevent():
-        from gevent.lock import Semaphore
-        return Semaphore()
+        return _gevent_lib().lock.Semaphore()
     return threading.Lock()
 
 
@@ -159,9 +182,9 @@ def nonblocking_sender(sock: Any) -> Callable[[Any], int]:
         return _tls_sender(sock)
     raw = getattr(sock, "_sock", None) if using_gevent() else None
     if raw is not None:
-        return raw.send  # type: ignore[no-any-return]
+        return raw.send
     send = sock.send
-    return lambda data: send(data, _DONTWAIT)  # type: ignore[no-any-return]
+    return lambda data: send(data, _DONTWAIT)
 
 
 class WriteStarted(BlockingIOError):  # noqa: N818 - a signal, as BlockingIOError is

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Optional, Tuple
 
-__all__ = ["Context", "initials_of"]
+__all__ = ["roles_of", "Context", "initials_of"]
 
 
 def initials_of(first_name: str, last_name: str, username: str = "") -> str:
@@ -68,3 +68,10 @@ _FIELDS = {"username", "ip", "roles", "first_name", "last_name", "initials", "pa
 _CAMEL = {"firstName": "first_name", "lastName": "last_name", "isPublic": "is_public",
           "userId": "user_id"}
 _SNAKE_TO_CAMEL = {v: k for k, v in _CAMEL.items()}
+
+
+def roles_of(user: Any) -> Tuple[str, ...]:
+    """A user's roles as strings: ``user.roles`` may be a list, a tuple, one string or
+    missing (flask-login users have no roles of their own)."""
+    roles = getattr(user, "roles", ()) or ()
+    return (str(roles),) if isinstance(roles, str) else tuple(str(r) for r in roles)

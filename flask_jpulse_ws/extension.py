@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from flask import Blueprint, Flask, current_app, has_app_context, url_for
+from flask import Blueprint, Flask, current_app, has_app_context, session, url_for
+from flask import request as current_request
+from flask_login import user_loaded_from_cookie, user_logged_in, user_logged_out
 from markupsafe import Markup
 
-from . import auth, config, envelope, frames, shutdown
+from . import config
+from .cluster.backend import Backend
 from .context import Context
-from .errors import CloseCode
-from .health import HealthScheduler, expire
-from .history import MemoryHistory
-from .namespace import Namespace, NamespaceTemplate, OnCreate, Registry
-from .relay import MemoryRelay, Relay
-from .remote_request import RemoteRequests
-from .stats import ActivityLog
+from .server import auth
+from .server.handshake import serve
+from .server.namespace import Namespace, NamespaceTemplate, OnCreate
+from .server.state import AppState
 
 __all__ = ["JPulseWS", "AppState"]
 
@@ -25,331 +24,6 @@ log = logging.getLogger("flask_jpulse_ws")
 
 EXTENSION_KEY = "jpulse_ws"
 _PENDING_KEY = "jpulse_ws_pending"  # blueprint namespaces registered before init_app
-
-
-class AppState:
-    """Everything the extension keeps for one app: settings, namespaces, relay, stats."""
-
-    def __init__(self, ext: JPulseWS, app: Flask, settings: config.Settings) -> None:
-        self.ext = ext
-        self.app = app
-        self.settings = settings
-        self.started_at = time.time()
-        self.registry = Registry(self)
-        self.activity = ActivityLog(settings.activity_window, settings.activity_max,
-                                    settings.activity_message_chars)
-        self.total_connections = 0
-        self.total_messages = 0
-        self.total_dropped = 0
-        self.refused_origins = 0
-        self.server_errors = 0  # connections ended by an unexpected exception after the 101
-        self.rejections: Dict[int, int] = {}
-        self.connections_by_ip: Dict[str, int] = {}
-        self.open_connections = 0
-        self.health = HealthScheduler(self)
-        self.relay: Relay = self._make_relay()
-        self.remote_requests = RemoteRequests(self)
-        self._presence: Any = None
-        self._id_claims: Any = None
-        self._history: Any = None
-        self._started = False
-
-    def _make_relay(self) -> Relay:
-        if self.settings.redis_url:
-            from .redis_relay import RedisRelay
-            return RedisRelay(self)
-        return MemoryRelay(self)
-
-    @property
-    def presence(self) -> Any:
-        """The presence tracker (``presence.PresenceTracker``), made on first use."""
-        if self._presence is None:
-            from .presence import PresenceTracker
-            self._presence = PresenceTracker(self)
-        return self._presence
-
-    @property
-    def id_claims(self) -> Any:
-        """Cluster-wide client id claims (``id_claims.IdClaims``; Redis relay only)."""
-        if self._id_claims is None:
-            from .id_claims import IdClaims
-            self._id_claims = IdClaims(self)
-        return self._id_claims
-
-    def ensure_started(self) -> None:
-        """Start the health scheduler and the relay listener on first use."""
-        if not self._started:
-            self._started = True
-            self.health.start()
-            self.relay.start()
-            shutdown.install(self)
-
-    # ---------------------------------------------------------------- admission
-    def load_context(self, ip: str) -> Context:
-        loader = self.ext.context_loader
-        if loader is not None:
-            ctx = loader(ip)
-            if not isinstance(ctx, Context):
-                raise TypeError("context_loader must return a flask_jpulse_ws.Context")
-            return ctx
-        return auth.current_context(ip)
-
-    def admit_ip(self, ip: str) -> None:
-        from .handshake import Rejected
-        s = self.settings
-        if self.open_connections >= s.max_connections:
-            raise Rejected(CloseCode.TOO_MANY, "Server full")
-        if self.connections_by_ip.get(ip, 0) >= s.max_connections_per_ip:
-            raise Rejected(CloseCode.TOO_MANY, "Too many connections from this address")
-        self.connections_by_ip[ip] = self.connections_by_ip.get(ip, 0) + 1
-        self.open_connections += 1
-
-    def release_ip(self, ip: str) -> None:
-        left = self.connections_by_ip.get(ip, 0) - 1
-        if left > 0:
-            self.connections_by_ip[ip] = left
-        else:
-            self.connections_by_ip.pop(ip, None)
-        self.open_connections -= 1
-
-    def call_handler(self, handler: Optional[Callable[..., Any]], conn: Any,
-                     name: str) -> None:
-        if handler is None:
-            return
-        try:
-            with self.app.app_context():
-                handler(conn)
-        except Exception:
-            log.exception("%s handler of %s failed", name, conn.namespace.path)
-
-    # ---------------------------------------------------------------- sending
-    def _template_of(self, path: str) -> NamespaceTemplate:
-        ns = self.registry.live.get(path)
-        if ns is not None:
-            return ns.template
-        match = self.registry.match_concrete(path)
-        if match is None:
-            raise ValueError(f"No namespace matches {path!r}: declare it with ws.namespace()")
-        return match[0]
-
-    def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int:
-        """Local clients first (no relay round trip), then every other process."""
-        template = self._template_of(path)
-        wire = envelope.wire_ctx(ctx, self.settings.wire_ctx_fields)
-        payload = envelope.encode_success(data, wire)
-        if template.history_size:
-            return self._broadcast_with_history(template, path, payload, data.get("type", ""))
-        n = self.deliver_broadcast(path, payload, data.get("type", ""))
-        if self.relay.distributed:
-            self.relay.publish("broadcast", path=path, payload=payload,
-                               type=data.get("type", ""))
-        return n
-
-    # ---------------------------------------------------------------- history
-    @property
-    def history(self) -> Any:
-        """Where offsets are assigned: this process, or Redis when clustered."""
-        if self._history is None:
-            if self.relay.distributed:
-                from .redis_history import RedisHistory
-                self._history = RedisHistory(self.relay)  # type: ignore[arg-type]
-            else:
-                self._history = MemoryHistory(self.settings.max_namespaces)
-        return self._history
-
-    def _broadcast_with_history(self, template: NamespaceTemplate, path: str,
-                                payload: bytes, msg_type: str) -> int:
-        ns = self.registry.live.get(path)
-        if self.relay.distributed:
-            # Redis assigns the offset and publishes; every process, this one too,
-            # delivers when it comes back, so all deliver in one order.
-            if self.history.append(path, payload, template.history_size,
-                                   template.history_ttl, msg_type):
-                return len(ns.clients) if ns is not None else 0
-            return self.deliver_broadcast(path, payload, msg_type)  # no offset: resync covers
-        if ns is None and not self.history.has_stream(path):
-            return 0  # nobody here now or within the TTL: nobody who could catch up
-        frame_json, (epoch, offset) = self.history.append(
-            path, payload, template.history_size, template.history_ttl)
-        return self.deliver_history(path, frame_json, epoch, offset, msg_type)
-
-    def deliver_history(self, path: str, frame_json: bytes, epoch: str, offset: int,
-                        msg_type: str = "") -> int:
-        ns = self.registry.live.get(path)
-        if ns is None:
-            return 0
-        n = ns.deliver_history(epoch, offset, frames.text_frame(frame_json))
-        ns.record_sent(msg_type, n, "", frame_json)
-        return n
-
-    def deliver_broadcast(self, path: str, payload: bytes, msg_type: str = "") -> int:
-        ns = self.registry.live.get(path)
-        if ns is None:
-            return 0
-        n = ns.deliver_frame(frames.text_frame(payload))  # encoded once for everyone
-        ns.record_sent(msg_type, n, "", payload)
-        return n
-
-    def send_to_client(self, path: str, client_id: str, data: Dict[str, Any],
-                       ctx: Any = None) -> bool:
-        """True when the client is local; otherwise the relay carries it."""
-        self._template_of(path)
-        wire = envelope.wire_ctx(ctx, self.settings.wire_ctx_fields)
-        payload = envelope.encode_success(data, wire)
-        if self.deliver_to_client(path, client_id, payload, data.get("type", "")):
-            return True
-        if self.relay.distributed:
-            self.relay.publish("send", path=path, clientId=client_id, payload=payload,
-                               type=data.get("type", ""))
-        return False
-
-    def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
-                ctx: Any = None) -> Dict[str, Any]:
-        """Ask one client, on whichever process holds it, and wait for its reply."""
-        self._template_of(path)
-        ns = self.registry.live.get(path)
-        conn = ns.clients.get(client_id) if ns is not None else None
-        if conn is not None:
-            return conn.request(data, timeout, ctx)
-        return self.remote_requests.ask(path, client_id, data, timeout, ctx)
-
-    def deliver_to_client(self, path: str, client_id: str, payload: bytes,
-                          msg_type: str = "") -> bool:
-        ns = self.registry.live.get(path)
-        conn = ns.clients.get(client_id) if ns is not None else None
-        if conn is None or not conn.send_raw_json(payload):
-            return False
-        ns.record_sent(msg_type, 1, "", payload)  # type: ignore[union-attr]
-        return True
-
-    def resync_all(self, reason: str) -> int:
-        """Tell every local client it may have missed messages (``_resync``)."""
-        frame = frames.text_frame(envelope.encode_framework("_resync", {"reason": reason}))
-        return sum(ns.deliver_frame(frame) for ns in tuple(self.registry.live.values()))
-
-    # ---------------------------------------------------------------- namespaces
-    def get_namespace(self, path: str) -> Optional[Namespace]:
-        return self.registry.live.get(path)
-
-    def remove_namespace(self, path: str, remove_if_empty: bool = False,
-                         _relay: bool = True) -> bool:
-        ns = self.registry.live.get(path)
-        if ns is not None:
-            if remove_if_empty and ns.clients:
-                return False
-            self.registry.remove(path)
-            ns.close_all(CloseCode.NOT_FOUND, "Namespace removed")
-        if self._history is not None and not remove_if_empty:
-            self._history.drop(path)  # also a swept room's stream: a new room starts afresh
-        if self.relay.distributed and _relay and not remove_if_empty:
-            self.relay.publish("remove", path=path)
-        return ns is not None
-
-    def presence_of(self, path: str, stats: bool) -> Any:
-        """Presence of a concrete path, even when no local client holds it."""
-        match = self.registry.match_concrete(path)
-        if match is None:
-            raise ValueError(f"No namespace matches {path!r}: declare it with ws.namespace()")
-        if not match[0].has_presence:
-            raise ValueError(f"{path} has no presence: declare it with presence=True")
-        return self.presence.stats(path) if stats else self.presence.members(path)
-
-    def sweep_namespaces(self) -> None:
-        # A swept room's history stays for its TTL: its clients may still come back.
-        self.registry.sweep_empty(time.monotonic(), self.settings.dynamic_grace)
-
-    # ---------------------------------------------------------------- sessions
-    def revoke_session(self, token: Any, _relay: bool = True) -> int:
-        """Close every socket opened with this browser login session (4401)."""
-        if not isinstance(token, str) or not token:
-            return 0  # anonymous sockets have no token: "no token" must match nobody
-        n = 0
-        for conn in list(self.registry.connections()):
-            if conn.session_token == token:
-                expire(conn)
-                n += 1
-        if _relay and self.relay.distributed:
-            self.relay.publish("revoke", token=token)
-        return n
-
-    def apply_remote(self, message: Dict[str, Any]) -> None:
-        """Apply an operation another process published."""
-        op = message.get("op")
-        if op == "broadcast":
-            self.deliver_broadcast(message["path"], _bytes(message["payload"]),
-                                   str(message.get("type") or ""))
-        elif op == "send":
-            self.deliver_to_client(message["path"], message["clientId"],
-                                   _bytes(message["payload"]), str(message.get("type") or ""))
-        elif op == "remove":
-            self.remove_namespace(message["path"], _relay=False)
-        elif op == "revoke":
-            self.revoke_session(message.get("token"), _relay=False)
-        elif op == "hbroadcast":  # a broadcast with a history position, from Redis
-            self.deliver_history(message["path"], _bytes(message["payload"]),
-                                 str(message["epoch"]), int(message["offset"]),
-                                 str(message.get("type") or ""))
-        elif op == "presence":  # members joined or left on another process
-            self.presence.apply_remote(message)
-        elif op == "resync":  # a process dropped messages for these paths (Redis outage)
-            self.resync_paths(message.get("paths"), "relay-gap")
-        elif op == "request":  # a server request for a client that may be held here
-            self.remote_requests.on_request(message)
-        elif op == "reply":  # the answer to a request this process may have made
-            self.remote_requests.on_reply(message)
-        else:
-            log.warning("ignoring relayed operation %r", op)
-
-    # ---------------------------------------------------------------- stats
-    def get_stats(self, cluster: bool = False) -> Dict[str, Any]:
-        now = time.time()
-        namespaces = [ns.get_stats() for ns in tuple(self.registry.live.values())]
-        out = {
-            "uptime": round(now - self.started_at, 3),
-            "totalConnections": self.total_connections,
-            "openConnections": self.open_connections,
-            "totalMessages": self.total_messages,
-            "totalDropped": self.total_dropped,
-            "totalNamespaces": len(namespaces),
-            "refusedOrigins": self.refused_origins,
-            "serverErrors": self.server_errors,
-            "relay": self.relay.status(),
-            "namespaces": namespaces,
-            "activityLog": self.activity.entries(now),
-        }
-        if self.relay.distributed:
-            out["remoteRequests"] = self.remote_requests.status()
-        if cluster:  # every process sharing the relay: per-instance rows plus totals
-            out["cluster"] = self.relay.cluster_stats()
-        return out
-
-    # ---------------------------------------------------------------- cluster (relay)
-    def instance_stats(self) -> Dict[str, Any]:
-        """This process's row of the cluster stats (published to Redis with a TTL)."""
-        import os
-        import socket
-
-        from .stats import iso
-        live = [(path, len(ns.clients)) for path, ns in tuple(self.registry.live.items())]
-        return {
-            "instanceId": self.relay.host_id, "pid": os.getpid(),
-            "host": socket.gethostname(), "started": iso(self.started_at),
-            "updated": iso(time.time()), "connections": self.open_connections,
-            "totalMessages": self.total_messages, "degraded": self.relay.degraded,
-            "namespaces": [{"path": p, "clients": n} for p, n in live if n][:1000],
-        }
-
-    def resync_paths(self, paths: Optional[Sequence[str]], reason: str) -> int:
-        """``_resync`` to the local clients of ``paths`` (``None``: every client)."""
-        if paths is None:
-            return self.resync_all(reason)
-        frame = frames.text_frame(envelope.encode_framework("_resync", {"reason": reason}))
-        live = self.registry.live
-        return sum(live[p].deliver_frame(frame) for p in paths if p in live)
-
-
-def _bytes(value: Any) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
 class JPulseWS:
@@ -367,25 +41,31 @@ class JPulseWS:
     :param app: bind at once; or call :meth:`init_app` later (app factories).
     :param context_loader: ``fn(ip) -> Context`` for apps whose users do not fit
         flask-login's ``current_user`` shape; runs inside the upgrade request.
+    :param backend: what ``app`` shares with other processes, made by hand (tests);
+        by default one is chosen from ``JPULSE_WS_REDIS_URL``.
     """
 
     def __init__(self, app: Optional[Flask] = None,
-                 context_loader: Optional[Callable[[str], Context]] = None) -> None:
+                 context_loader: Optional[Callable[[str], Context]] = None,
+                 backend: Optional[Backend] = None) -> None:
         self.context_loader = context_loader
         self._templates: List[NamespaceTemplate] = []
         self._states: List[AppState] = []
         if app is not None:
-            self.init_app(app)
+            self.init_app(app, backend)
 
     # ---------------------------------------------------------------- binding
-    def init_app(self, app: Flask) -> None:
-        """Bind to ``app``: settings, the WebSocket route, the script, login signals."""
+    def init_app(self, app: Flask, backend: Optional[Backend] = None) -> None:
+        """Bind to ``app``: settings, the WebSocket route, the script, login signals.
+
+        :param backend: a backend made by hand for this app (see :class:`JPulseWS`).
+        """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("JPulseWS is already initialised for this app: call "
                                "init_app(app) once per app, and use one JPulseWS per app")
         for key, value in config.DEFAULTS.items():
             app.config.setdefault(key, value)
-        state = AppState(self, app, config.load(app.config))
+        state = AppState(self, app, config.load(app.config), backend)
         app.extensions[EXTENSION_KEY] = state
         for template in self._templates:
             state.registry.add_template(template)
@@ -397,7 +77,6 @@ class JPulseWS:
         self._connect_login_signals(app)
 
     def _blueprint(self, state: AppState) -> Blueprint:
-        from .handshake import serve
         bp = Blueprint("jpulse_ws", __name__, static_folder="static",
                        static_url_path="/_jpulse_ws/static")
 
@@ -411,16 +90,11 @@ class JPulseWS:
         return bp
 
     def _connect_login_signals(self, app: Flask) -> None:
-        try:
-            from flask_login import user_loaded_from_cookie, user_logged_in, user_logged_out
-        except ImportError:  # pragma: no cover - flask-login is a dependency
-            return
         user_logged_in.connect(auth.ensure_session_token, app, weak=False)
         app.before_request(auth.adopt_session)
         user_loaded_from_cookie.connect(auth.ensure_session_token, app, weak=False)
 
         def revoke(sender: Any, **_kw: Any) -> None:
-            from flask import session
             token = session.pop(auth.SESSION_TOKEN_KEY, None)
             if token:
                 sender.extensions[EXTENSION_KEY].revoke_session(token)
@@ -431,7 +105,7 @@ class JPulseWS:
         if has_app_context():
             state = current_app.extensions.get(EXTENSION_KEY)
             if state is not None and state.ext is self:
-                return state  # type: ignore[no-any-return]
+                return state
         if len(self._states) == 1:
             return self._states[0]
         if not self._states:
@@ -503,7 +177,6 @@ class JPulseWS:
 
     def broadcast_context(self, request: Any = None) -> Context:
         """The context of the HTTP caller, for broadcasts made from REST handlers."""
-        from flask import request as current_request
         req = request if request is not None else current_request
         state = self._state()
         ip = auth.client_ip(req.environ, state.settings.trusted_proxies)

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -28,7 +29,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from . import frames
+from .core import frames
 
 __all__ = ["WSTestClient", "HandshakeRefused", "ConnectionClosedError", "live_server",
            "LiveServer", "HTTPSession", "HTTPResponse"]
@@ -81,12 +82,8 @@ class WSTestClient:
         self._handshake(dict(headers or {}))
 
     def _handshake(self, headers: Dict[str, str]) -> None:
-        key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET {self.path} HTTP/1.1", f"Host: {self.host}:{self.port}",
-                 "Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-                 "Sec-WebSocket-Version: 13"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        key = frames.client_key()
+        self.sock.sendall(frames.upgrade_request(self.host, self.port, self.path, key, headers))
         buf = b""
         while b"\r\n\r\n" not in buf:
             chunk = self.sock.recv(4096)
@@ -94,7 +91,7 @@ class WSTestClient:
                 raise HandshakeRefused(0, buf)
             buf += chunk
         head, _, rest = buf.partition(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
+        status, accepted = frames.upgrade_response(head, key)
         if status != 101:
             body = rest
             try:
@@ -108,8 +105,7 @@ class WSTestClient:
                 pass
             self.sock.close()
             raise HandshakeRefused(status, body)
-        expected = frames.accept_key(key).encode()
-        if expected not in head:
+        if not accepted:
             raise HandshakeRefused(status, b"bad Sec-WebSocket-Accept")
         if rest:
             self._events.extend(self._decoder.feed(rest))
@@ -193,7 +189,7 @@ class WSTestClient:
                 data = message.get("data")
                 if not isinstance(data, dict) or data.get("type") != type:
                     continue
-            return message  # type: ignore[no-any-return]
+            return message
 
     def receive_all(self, timeout: float = 0.3) -> List[Dict[str, Any]]:
         """Everything that arrives within ``timeout`` seconds."""
@@ -261,10 +257,14 @@ class HTTPSession:
     Redirects are followed; an HTTP error status is returned, not raised.
     """
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, ssl_context: Optional[ssl.SSLContext] = None) -> None:
+        """:param ssl_context: for ``https://`` with a private CA (tests, ``trustme``)."""
         self.base_url = base_url.rstrip("/")
         self.jar = CookieJar()
-        self._opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        handlers: List[Any] = [urllib.request.HTTPCookieProcessor(self.jar)]
+        if ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def request(self, method: str, path: str, *, data: Optional[Mapping[str, Any]] = None,
                 json_body: Any = None, headers: Optional[Mapping[str, str]] = None,

@@ -7,6 +7,7 @@ on 6379.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,10 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from http.cookiejar import CookieJar
+import urllib.error
+from email.message import Message
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from flask_jpulse_ws.testing import HTTPSession
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
@@ -57,30 +60,24 @@ def _port_open(port: int) -> bool:
         return False
 
 
-class HTTP:
-    """A tiny cookie-keeping HTTP client (one browser session)."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.jar = CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+class HTTP(HTTPSession):
+    """The suite's HTTP session (the package's own ``testing.HTTPSession``): JSON bodies
+    in and out, and an HTTP error status raised as ``urllib.error.HTTPError``."""
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else b""
-        req = urllib.request.Request(self.base + path, data=data if method != "GET" else None,
-                                     method=method,
-                                     headers={"Content-Type": "application/json"})
-        with self.opener.open(req, timeout=10) as resp:
-            raw = resp.read()
+        resp = self.request(method, path, json_body=body if method != "GET" else None)
+        if resp.status >= 400:
+            raise urllib.error.HTTPError(self.base_url + path, resp.status, resp.body.decode(
+                "utf-8", "replace"), Message(), io.BytesIO(resp.body))
         try:
-            return json.loads(raw)
+            return resp.json()
         except ValueError:
-            return raw.decode()
+            return resp.body.decode()
 
-    def get(self, path: str) -> Any:
+    def get(self, path: str) -> Any:  # type: ignore[override]
         return self.call("GET", path)
 
-    def post(self, path: str, body: Any = None) -> Any:
+    def post(self, path: str, body: Any = None) -> Any:  # type: ignore[override]
         return self.call("POST", path, body)
 
     def cookie_header(self) -> str:

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import orjson
 
-from flask_jpulse_ws import frames
+from flask_jpulse_ws.core import frames
 
 
 def raise_open_files(wanted: int) -> None:

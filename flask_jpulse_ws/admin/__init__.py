@@ -27,10 +27,13 @@ import time
 from typing import Any, Dict, List, Optional
 
 from flask import Blueprint, Flask, abort, current_app, redirect, render_template, request, url_for
+from flask_login import current_user
 
-from .. import concurrency, envelope
-from ..paths import is_whitelisted
-from ..stats import iso
+from .. import concurrency
+from ..context import roles_of
+from ..core import envelope
+from ..core.paths import is_whitelisted
+from ..core.stats import iso
 
 __all__ = ["JPulseWSAdmin", "init_admin", "STATUS_PATH", "stats_payload", "presence_counts"]
 
@@ -176,25 +179,18 @@ class _Ticker:
             if self.running:
                 return
             self.running = True
-        concurrency.spawn(self._run)
+        concurrency.every(self.interval, self._push, "admin stats push")
 
-    def _run(self) -> None:
-        try:
-            while True:
-                concurrency.sleep(self.interval)
-                with self._lock:
-                    ns = self.state.registry.live.get(STATUS_PATH)
-                    if ns is None or not ns.clients:
-                        self.running = False
-                        return
-                try:
-                    with self.state.app.app_context():
-                        push(self.state, ns, tuple(ns.clients.values()), self.interval)
-                except Exception:  # one bad tick must not stop the dashboard
-                    log.exception("admin stats push failed")
-        finally:
-            with self._lock:
+    def _push(self) -> bool:
+        """One push to the dashboard's viewers; False (the loop ends) once none is left."""
+        with self._lock:
+            ns = self.state.registry.live.get(STATUS_PATH)
+            if ns is None or not ns.clients:
                 self.running = False
+                return False
+        with self.state.app.app_context():
+            push(self.state, ns, tuple(ns.clients.values()), self.interval)
+        return True
 
 
 def push(state: Any, ns: Any, viewers: Any, interval: float) -> int:
@@ -265,7 +261,7 @@ class JPulseWSAdmin:
             public = settings.public_access and is_whitelisted(STATUS_PATH,
                                                                settings.public_whitelist)
             user = _current_user()
-            is_admin = user is not None and bool(set(_roles_of(user)) & set(roles))
+            is_admin = user is not None and bool(set(roles_of(user)) & set(roles))
             if not is_admin and not public:
                 login_view = _login_view()
                 if user is None and login_view and request.method == "GET":
@@ -290,13 +286,9 @@ def _current_user() -> Any:
     """The logged-in flask-login user, or ``None`` (anonymous or no flask-login)."""
     if getattr(current_app, "login_manager", None) is None:
         return None
-    from flask_login import current_user
     return current_user if current_user.is_authenticated else None
 
 
-def _roles_of(user: Any) -> List[str]:
-    roles = getattr(user, "roles", ()) or ()
-    return [roles] if isinstance(roles, str) else [str(r) for r in roles]
 
 
 def _login_view() -> Optional[str]:

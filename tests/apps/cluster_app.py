@@ -35,7 +35,7 @@ def create_app():
                                             timeout=msg.get("timeout", 5), ctx=conn.ctx)
             conn.reply({"result": result, "pid": os.getpid()})
         elif msg["type"] == "relay":  # this worker's relay status (degraded, counters)
-            conn.reply(state.relay.status())
+            conn.reply(state.backend.status())
         elif msg["type"] == "stats":  # the same, through the public ws.get_stats()
             conn.reply(ws.get_stats()["relay"])
 

@@ -234,7 +234,8 @@ def test_garbage_on_the_relay_channel_neither_stops_the_relay_nor_reaches_client
     worker lives, clients get none of it, and relayed broadcasts still arrive."""
     import redis as redis_py
 
-    from flask_jpulse_ws.relay import encode_op, relay_channel
+    from flask_jpulse_ws.cluster.keys import relay_channel
+    from flask_jpulse_ws.cluster.relay import encode_op
 
     srv = make_server(settings={"JPULSE_WS_REDIS_URL": redis_server.url,
                                 "JPULSE_WS_CHANNEL_PREFIX": "inject"})
@@ -272,7 +273,8 @@ def test_a_relayed_revoke_without_a_token_closes_no_anonymous_socket(make_server
     """
     import redis as redis_py
 
-    from flask_jpulse_ws.relay import encode_op, relay_channel
+    from flask_jpulse_ws.cluster.keys import relay_channel
+    from flask_jpulse_ws.cluster.relay import encode_op
 
     srv = make_server(settings={"JPULSE_WS_REDIS_URL": redis_server.url,
                                 "JPULSE_WS_CHANNEL_PREFIX": "revoke-null"})

@@ -596,6 +596,6 @@ def test_redis_relay_refuses_unpatched_gevent():
     app = Flask(__name__)
     app.config["JPULSE_WS_REDIS_URL"] = "redis://127.0.0.1:1/0"
     JPulseWS(app)
-    relay = app.extensions["jpulse_ws"].relay
+    backend = app.extensions["jpulse_ws"].backend
     with pytest.raises(RuntimeError, match="monkey-patch"):
-        gevent.spawn(relay.start).get()
+        gevent.spawn(backend.start).get()

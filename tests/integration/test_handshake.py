@@ -272,11 +272,19 @@ def test_a_failure_after_the_upgrade_ends_in_a_close_frame_not_an_http_500(serve
             pass  # the welcome never comes: the close frame does
         await asyncio.wait_for(client.task, 5)
 
+    errors_before = server.http().get("/_test/stats")["serverErrors"]
     asyncio.run(attempt())
     assert client.error is None  # the decoder found no stray byte
     assert client.close_code == 1011
+    if phase == "admit":  # refused during admission: counted with the 1011 refusals
+        expected = "admission to /api/1/ws/faulty/admit failed"
+    else:  # the connection had begun: counted as a server error
+        expected = "WebSocket connection to /api/1/ws/faulty/join failed"
+        wait_for(lambda: server.http().get("/_test/stats")["serverErrors"] ==
+                 errors_before + 1, timeout=5, message="serverErrors counted")
+    # The worker logs it just after the close frame has gone out: poll, do not race it.
+    wait_for(lambda: expected in server.log(), timeout=5, message=expected)
     log = server.log()
     assert "Invalid HTTP request line" not in log and "Error handling request" not in log
-    assert "I/O operation on closed file" in log or "Bad file descriptor" in log
     with connect(server, "/api/1/ws/echo") as c:  # the worker serves on
         assert c.receive()["data"]["type"] == "connected"

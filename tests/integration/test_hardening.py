@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import wait_for
 
-from flask_jpulse_ws import frames
+from flask_jpulse_ws.core import frames
 from flask_jpulse_ws.testing import ConnectionClosedError, HandshakeRefused, WSTestClient
 
 SETTINGS = {"JPULSE_WS_ABUSE_THRESHOLD": 1000, "JPULSE_WS_RATE_MAX_MESSAGES": 100000,

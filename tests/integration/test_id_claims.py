@@ -1,7 +1,7 @@
 """The Redis scripts behind cluster-wide client id claims, against a private redis-server.
 
-A stand-in for the app state carries what ``IdClaims`` uses: the relay's link to Redis
-and prefix, and the app's secret key. The handshake side is covered by
+``IdClaims`` gets the link to Redis, the key prefix, the app's secret key and whether
+Redis is available, as the Redis backend gives them. The handshake side is covered by
 test_cluster.py::test_a_client_id_held_on_another_worker_is_not_given_to_another_identity.
 """
 
@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import redis as redis_py
 from servers import wait_for
 
-from flask_jpulse_ws.id_claims import CLAIM_REFRESH, CLAIM_TTL, IdClaims
-from flask_jpulse_ws.redis_link import RedisLink
-from flask_jpulse_ws.relay import client_id_key
+from flask_jpulse_ws.cluster.id_claims import CLAIM_REFRESH, CLAIM_TTL, IdClaims
+from flask_jpulse_ws.cluster.keys import client_id_key
+from flask_jpulse_ws.cluster.redis_link import RedisLink
 
 PATH = "/api/1/ws/rooms/a"
 ID = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
@@ -22,28 +22,38 @@ ID2 = "0b9c8d7e-6f5a-4b3c-9d2e-1f0a9b8c7d6e"
 def make_claims(url):
     client = redis_py.Redis.from_url(url)
     link = RedisLink(redis_py.Redis.from_url(url), on_down=lambda reason: None)
-    relay = SimpleNamespace(prefix="claims-test", link=link, ensure_available=lambda: True)
-    state = SimpleNamespace(relay=relay, app=SimpleNamespace(secret_key="s3cret"))
-    return IdClaims(state), client
+    return IdClaims(link, "claims-test", b"s3cret", available=lambda: True), client
+
+
+class StandIn:
+    """A socket as the claims see it: open, and known to its namespace by its id."""
+
+    def __init__(self, client_id, identity=("user", "x", "t"), claim=None):
+        self.client_id, self.identity = client_id, identity
+        self.namespace = SimpleNamespace(path=PATH, clients={client_id: self})
+        self.id_claim, self.id_claimed_at, self.needs_claim = claim, 0.0, claim is None
+        self.open, self.closed_with = True, None
+
+    def close(self, code, reason=""):
+        self.closed_with = code
 
 
 def conn_of(client_id, claim):
-    return SimpleNamespace(client_id=client_id, id_claim=claim, id_claimed_at=0.0,
-                           namespace=SimpleNamespace(path=PATH))
+    return StandIn(client_id, claim=claim)
 
 
 def test_claims_keep_ids_per_identity_and_release_only_their_own(redis_server):
     claims, client = make_claims(redis_server.url)
     alice, mallory = ("user", "alice", "tok-a"), ("anon", "10.0.0.9", "curl")
-    got, first = claims.claim(PATH, ID, alice)
-    assert got == ID and first
+    got, first, later = claims.claim(PATH, ID, alice)
+    assert got == ID and first and not later
     key = client_id_key("claims-test", PATH, ID)
     stored = client.get(key).decode()
     assert stored == first and "alice" not in stored and "tok-a" not in stored  # keyed digest
     assert 0 < client.pttl(key) <= CLAIM_TTL * 1000
-    other, other_claim = claims.claim(PATH, ID, mallory)
+    other, other_claim, _ = claims.claim(PATH, ID, mallory)
     assert other != ID and other_claim  # another identity gets a fresh id, claimed too
-    again, second = claims.claim(PATH, ID, alice)  # the same identity, another worker
+    again, second, _ = claims.claim(PATH, ID, alice)  # the same identity, another worker
     assert again == ID and second != first
     # The older socket's release leaves the newer socket's claim alone (the script):
     assert claims.link.eval(claims._release, [key], [first]) == 0
@@ -55,7 +65,7 @@ def test_claims_keep_ids_per_identity_and_release_only_their_own(redis_server):
 
 def test_refresh_extends_and_remakes_lost_claims_but_never_steals(redis_server):
     claims, client = make_claims(redis_server.url)
-    _, claim = claims.claim(PATH, ID2, ("user", "bob", "t"))
+    _, claim, _ = claims.claim(PATH, ID2, ("user", "bob", "t"))
     key = client_id_key("claims-test", PATH, ID2)
     client.pexpire(key, 1000)
     conn = conn_of(ID2, claim)
@@ -64,33 +74,21 @@ def test_refresh_extends_and_remakes_lost_claims_but_never_steals(redis_server):
     client.delete(key)  # lost (Redis restarted without persistence): made again
     claims.refresh([conn], now=2 * CLAIM_REFRESH + 2)
     assert client.get(key).decode() == claim
-    client.set(key, "someone-else:1")  # taken meanwhile by another identity: left alone
-    claims.refresh([conn], now=3 * CLAIM_REFRESH + 3)
+    client.set(key, "someone-else:1")  # taken by another identity while Redis had lost it:
+    claims.refresh([conn], now=3 * CLAIM_REFRESH + 3)  # left alone, and ours closed 4409
     assert client.get(key).decode() == "someone-else:1"
-
-
-class LateConn:
-    """A socket admitted without a claim, as the health cycle sees it."""
-
-    def __init__(self, client_id, identity):
-        self.client_id, self.identity = client_id, identity
-        self.namespace = SimpleNamespace(path=PATH)
-        self.id_claim, self.id_claimed_at, self.needs_claim = None, 0.0, True
-        self.open, self.closed_with = True, None
-
-    def close(self, code, reason=""):
-        self.closed_with = code
+    assert conn.closed_with == 4409 and conn.id_claim is None
 
 
 def test_late_claims_take_free_ids_and_close_4409_when_another_identity_holds_one(
         redis_server):
     """Sockets admitted while Redis was away are claimed by the health cycle; one whose
     id another identity took meanwhile is closed 4409 (its client reconnects with a fresh
-    id), and a socket that left meanwhile leaves no claim behind."""
+    id), and a socket that left meanwhile is not claimed."""
     claims, client = make_claims(redis_server.url)
-    free = LateConn("1c1c1c1c-1111-4111-8111-111111111111", ("user", "carol", "t"))
-    taken = LateConn("2d2d2d2d-2222-4222-8222-222222222222", ("user", "dave", "t"))
-    gone = LateConn("3e3e3e3e-3333-4333-8333-333333333333", ("user", "erin", "t"))
+    free = StandIn("1c1c1c1c-1111-4111-8111-111111111111", ("user", "carol", "t"))
+    taken = StandIn("2d2d2d2d-2222-4222-8222-222222222222", ("user", "dave", "t"))
+    gone = StandIn("3e3e3e3e-3333-4333-8333-333333333333", ("user", "erin", "t"))
     gone.open = False
     client.set(client_id_key("claims-test", PATH, taken.client_id), "someone-else:1")
     claims.claim_late([free, taken, gone], now=7.0)
@@ -98,7 +96,6 @@ def test_late_claims_take_free_ids_and_close_4409_when_another_identity_holds_on
     assert client.get(client_id_key("claims-test", PATH, free.client_id)).decode() == \
         free.id_claim
     assert taken.closed_with == 4409 and taken.id_claim is None
-    assert not any(c.needs_claim for c in (free, taken, gone))
-    wait_for(lambda: client.get(client_id_key("claims-test", PATH, gone.client_id)) is None,
-             timeout=5, message="the departed socket's late claim released")
+    assert not free.needs_claim and not taken.needs_claim
+    assert client.get(client_id_key("claims-test", PATH, gone.client_id)) is None
     assert claims.status()["late"] == 1 and claims.status()["conflicts"] == 1

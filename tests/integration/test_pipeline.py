@@ -2,7 +2,7 @@
 
 import pytest
 
-from flask_jpulse_ws import frames
+from flask_jpulse_ws.core import frames
 from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
 
 SETTINGS = {"JPULSE_WS_MAX_FRAME_SIZE": 4 * 1024 * 1024,

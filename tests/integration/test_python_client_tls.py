@@ -11,16 +11,15 @@ import ssl
 import textwrap
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
 import pytest
 import trustme
-from servers import GunicornServer, run_python, wait_for
+from servers import HTTP, GunicornServer, run_python, wait_for
 
-from flask_jpulse_ws import frames
 from flask_jpulse_ws.client import connect
+from flask_jpulse_ws.core import frames
 
 ECHO = "/api/1/ws/echo"
 FAST = {"reconnect_base_interval": 0.2, "reconnect_max_interval": 1.0,
@@ -57,11 +56,7 @@ class TLSServer(GunicornServer):
         return f"wss://{host}:{self.port}{path}"
 
     def http(self):
-        http = super().http()
-        http.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.jar),
-            urllib.request.HTTPSHandler(context=self.client_context))
-        return http
+        return HTTP(self.base, ssl_context=self.client_context)
 
 
 @pytest.fixture(scope="module")

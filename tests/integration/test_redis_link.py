@@ -3,13 +3,13 @@ one connection, and every failure ends as LinkDown (reported once), LinkBusy (no
 outage) or CommandFailed, never as an exception out of redis-py.
 
 The process is not gevent-patched, so callers are threads (the threads fallback of
-``concurrency``); the gunicorn storm tests cover the gevent side.
+``concurrency``); the gunicorn storm tests cover the gevent side. A slow Redis is made
+with ``DEBUG SLEEP`` sent through the link itself, so that the flusher is known to be
+waiting on it (polled, not slept on).
 """
 
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 import redis as redis_py
@@ -17,8 +17,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import RedisServer, wait_for
 
-from flask_jpulse_ws.id_claims import IdClaims
-from flask_jpulse_ws.redis_link import CommandFailed, LinkBusy, LinkDown, RedisLink
+from flask_jpulse_ws.cluster.id_claims import IdClaims
+from flask_jpulse_ws.cluster.redis_link import CommandFailed, LinkBusy, LinkDown, RedisLink
 
 PATH = "/api/1/ws/storm"
 
@@ -32,13 +32,38 @@ def make_link(url, downs, max_connections=None):
     return RedisLink(redis_py.Redis.from_url(url, **options), on_down=downs.append)
 
 
+@pytest.fixture
+def debug_redis():
+    """A private redis-server that accepts DEBUG SLEEP."""
+    srv = RedisServer(args=["--enable-debug-command", "yes"]).start()
+    yield srv
+    srv.stop()
+
+
+def hold_flusher(link, seconds):
+    """Start a DEBUG SLEEP through ``link`` and return once its flusher is waiting on it:
+    everything queued meanwhile waits behind it. Returns the thread that waits."""
+    calls = link.calls
+
+    def sleep_in_redis():
+        try:
+            link.call("DEBUG", "SLEEP", str(seconds), timeout=30)
+        except LinkDown:
+            pass  # a test that kills Redis meanwhile
+
+    waiter = threading.Thread(target=sleep_in_redis)
+    waiter.start()
+    wait_for(lambda: link.calls == calls + 1 and link.queued == 0, timeout=10,
+             message="the DEBUG SLEEP taken by the flusher")
+    return waiter
+
+
 def test_fifty_concurrent_claims_over_a_two_connection_pool_degrade_nothing(redis_server):
     """50 handshakes claiming at once through a pool of 2 connections: every claim is
     made, nothing is reported as an outage, and Redis saw a handful of pipelines."""
     downs = []
     link = make_link(redis_server.url, downs, max_connections=2)
-    relay = SimpleNamespace(prefix="link-test", link=link, ensure_available=lambda: True)
-    claims = IdClaims(SimpleNamespace(relay=relay, app=SimpleNamespace(secret_key="k")))
+    claims = IdClaims(link, "link-test", b"k", available=lambda: True)
     start = threading.Barrier(50)
 
     def claim(i):
@@ -47,117 +72,170 @@ def test_fifty_concurrent_claims_over_a_two_connection_pool_degrade_nothing(redi
 
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(claim, range(50)))
-    assert all(value is not None for _, value in results), claims.status()
+    assert all(value is not None and not later for _, value, later in results), \
+        claims.status()
     assert claims.status()["made"] == 50 and claims.status()["deferred"] == 0
     assert downs == []
     assert link.batches < 50  # coalesced: several claims per pipeline
     assert len(redis_py.Redis.from_url(redis_server.url).keys("link-test:cid:*")) == 50
 
 
-def test_calls_keep_their_order_and_results():
-    """Results go back to the caller that asked, in the order the calls were queued."""
-    srv = RedisServer().start()
-    try:
-        link = make_link(srv.url, [])
-        with ThreadPoolExecutor(20) as pool:
-            got = list(pool.map(lambda i: link.call("INCR", f"n{i % 3}"), range(300)))
-        assert sorted(got) == sorted(list(range(1, 101)) * 3)
-        rec = link.pipeline()
-        for i in range(5):
-            rec.rpush("order", i)
-        assert link.run(rec) == [1, 2, 3, 4, 5]
-        assert link.call("LRANGE", "order", 0, -1) == [b"0", b"1", b"2", b"3", b"4"]
-    finally:
-        srv.stop()
+def test_every_caller_gets_its_own_results_in_the_order_it_queued(redis_server):
+    """300 callers at once, each with a value only it can get back; one caller's
+    commands run in its order."""
+    link = make_link(redis_server.url, [])
+    with ThreadPoolExecutor(20) as pool:
+        got = list(pool.map(lambda i: link.call("ECHO", f"caller-{i}"), range(300)))
+    assert got == [f"caller-{i}".encode() for i in range(300)]
+    rec = link.pipeline()
+    for i in range(5):
+        rec.rpush("order", i)
+    assert link.run(rec) == [1, 2, 3, 4, 5]
+    assert link.call("LRANGE", "order", 0, -1) == [b"0", b"1", b"2", b"3", b"4"]
 
 
-def test_redis_gone_is_link_down_reported_once_and_queued_calls_fail_at_once():
-    """A dead Redis fails the calls with LinkDown and tells the circuit once per batch,
-    without leaving an exception of redis-py's to the caller."""
+def test_redis_gone_is_link_down_reported_once_and_queued_calls_fail_with_it(debug_redis):
+    """A Redis that dies under a waiting pipeline fails that call and every call queued
+    behind it with LinkDown, and tells the circuit once; the link reconnects when Redis
+    is back."""
     downs = []
-    srv = RedisServer().start()
-    link = make_link(srv.url, downs)
-    assert link.call("PING") is True
-    srv.kill()
+    link = make_link(debug_redis.url, downs)
+    waiter = hold_flusher(link, 5)
+    outcomes = []
+
+    def queued_call():
+        try:
+            link.call("PING", timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
+            outcomes.append(type(exc))
+
+    behind = [threading.Thread(target=queued_call) for _ in range(3)]
+    for t in behind:
+        t.start()
+    wait_for(lambda: link.queued == 3, timeout=5, message="three calls queued")
+    port = debug_redis.port
+    debug_redis.kill()
+    for t in behind:
+        t.join(10)
+    waiter.join(10)
+    assert outcomes == [LinkDown] * 3 and len(downs) == 1
     with pytest.raises(LinkDown):
-        link.call("PING")
-    assert len(downs) == 1 and downs[0]
-    srv = RedisServer(port=srv.port).start()  # back: the link reconnects by itself
+        link.call("PING")  # still gone: down again, at once
+    restarted = RedisServer(port=port).start()
     try:
         assert link.call("PING") is True
     finally:
-        srv.stop()
+        restarted.stop()
 
 
-def test_a_socket_closed_under_a_waiting_pipeline_is_link_down_not_a_crash():
+def test_a_socket_closed_under_a_waiting_pipeline_is_link_down_not_a_crash(debug_redis):
     """The 0.1.0 symptom: a socket closed under redis-py while it waited for a reply
     raised OSError or ValueError ("I/O operation on closed file") into a handshake.
     The link maps whatever comes out, reports it once, and works again afterwards."""
-    srv = RedisServer(args=["--enable-debug-command", "yes"]).start()
-    try:
-        downs = []
-        link = make_link(srv.url, downs)
-        assert link.call("PING") is True
-        conn = link._client.connection_pool._available_connections[0]
-        threading.Timer(0.2, conn._sock.close).start()  # mid-read, from another thread
-        with pytest.raises(LinkDown):
-            link.call("DEBUG", "SLEEP", "0.5")
-        assert len(downs) == 1
-        wait_for(lambda: link.call("PING") is True, timeout=3, message="link back")
-    finally:
-        srv.stop()
-
-
-def test_a_slow_redis_is_busy_not_down():
-    """A caller that gives up on a slow Redis gets LinkBusy; the circuit is not told,
-    and its call, still queued behind the slow one, is never sent."""
-    srv = RedisServer(args=["--enable-debug-command", "yes"]).start()
-    try:
-        _slow_redis_is_busy_not_down(srv)
-    finally:
-        srv.stop()
-
-
-def _slow_redis_is_busy_not_down(srv):
     downs = []
-    link = make_link(srv.url, downs)
-    other = redis_py.Redis.from_url(srv.url)
-    other.delete("late")
-    sleeper = threading.Thread(target=lambda: other.execute_command("DEBUG", "SLEEP", "0.6"))
-    sleeper.start()
-    time.sleep(0.05)
-    in_flight = threading.Thread(target=lambda: link.call("PING", timeout=5))
-    in_flight.start()  # the flusher now waits for Redis
-    time.sleep(0.05)
-    with pytest.raises(LinkBusy):
+    link = make_link(debug_redis.url, downs)
+    assert link.call("PING") is True
+    conn = link._client.connection_pool._available_connections[0]
+    outcome = []
+
+    def sleeping_call():
+        try:
+            link.call("DEBUG", "SLEEP", "1", timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the outcome is the assertion
+            outcome.append(exc)
+
+    t = threading.Thread(target=sleeping_call)
+    t.start()
+    wait_for(lambda: link.queued == 0 and link.calls == 2, timeout=5,
+             message="the DEBUG SLEEP in flight")
+    conn._sock.close()  # what the old circuit did to connections other greenlets used
+    t.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], LinkDown)
+    assert len(downs) == 1
+    wait_for(lambda: link.call("PING") is True, timeout=5, message="link back")
+
+
+def test_a_slow_redis_is_busy_not_down_and_a_cancelled_call_is_never_sent(debug_redis):
+    """A caller that gives up behind a slow Redis gets LinkBusy; the circuit is not
+    told, and its call, still queued, is never sent."""
+    downs = []
+    link = make_link(debug_redis.url, downs)
+    other = redis_py.Redis.from_url(debug_redis.url)
+    waiter = hold_flusher(link, 1)
+    with pytest.raises(LinkBusy) as busy:
         link.call("SET", "late", "1", timeout=0.1)
-    sleeper.join()
-    in_flight.join()
+    assert busy.value.sent is False
+    waiter.join(10)
     assert link.call("PING") is True
     assert downs == [] and link.status()["busy"] == 1
-    assert other.get("late") is None  # cancelled before it was sent
+    assert other.get("late") is None
 
 
-def test_redis_errors_are_command_failed_and_scripts_survive_a_flush(redis_server):
-    """A command Redis refuses is CommandFailed for its caller alone; a script whose
-    cache Redis lost (restart, SCRIPT FLUSH) is loaded again and run."""
+def test_a_bad_argument_fails_its_caller_alone(redis_server):
+    """redis-py refuses None and bool only while packing the whole pipeline: the link
+    checks each call first, so nobody else's call fails and the circuit stays shut."""
     downs = []
     link = make_link(redis_server.url, downs)
+    with pytest.raises(CommandFailed, match="NoneType"):
+        link.call("SET", "bad", None)
+    with pytest.raises(CommandFailed, match="bool"):
+        link.call("SET", "bad", True)
+    assert link.call("SET", "good", "v") is True and downs == []
+
+
+def test_redis_errors_are_command_failed_for_their_caller_alone(redis_server):
+    """A command Redis refuses is CommandFailed for its caller; the others in the same
+    pipeline get their results."""
+    downs = []
+    link = make_link(redis_server.url, downs)
+    link.call("SET", "text", "x")
+    rec = link.pipeline()
+    rec.incr("text")
+    with pytest.raises(CommandFailed):
+        link.run(rec)
+    assert link.call("GET", "text") == b"x" and downs == []
+
+
+def test_scripts_are_loaded_in_the_same_pipeline_and_keep_the_queue_order(debug_redis):
+    """A script is loaded ahead of its first call on a connection, so a script call and
+    the plain call queued after it run in that order, even after Redis flushed its
+    scripts (0.1.0's retry after NOSCRIPT ran the plain call first)."""
+    link = make_link(debug_redis.url, [])
+    push = link.register_script("return redis.call('RPUSH', KEYS[1], ARGV[1])")
+    assert link.eval(push, ["warm"], ["x"]) == 1
+    redis_py.Redis.from_url(debug_redis.url).script_flush()
+    link._client.connection_pool.disconnect()  # a new connection, as after a restart
+    link._loaded.clear()
+    waiter = hold_flusher(link, 0.5)
+    first, second = link.pipeline(), link.pipeline()
+    push(keys=["o"], args=["A"], client=first)
+    second.rpush("o", "B")
+    assert link.post(first) and link.post(second)  # both queued behind the sleep
+    waiter.join(10)
+    wait_for(lambda: link.call("LLEN", "o") == 2, timeout=5, message="both pushes")
+    assert link.call("LRANGE", "o", 0, -1) == [b"A", b"B"]
+
+
+def test_a_script_flushed_between_calls_is_loaded_again(redis_server):
+    """SCRIPT FLUSH (or a Redis restart the link did not see): NOSCRIPT, loaded, sent
+    once more."""
+    link = make_link(redis_server.url, [])
     script = link.register_script("return ARGV[1] .. '!'")
     assert link.eval(script, [], ["a"]) == b"a!"
     redis_py.Redis.from_url(redis_server.url).script_flush()
     assert link.eval(script, [], ["b"]) == b"b!"
-    link.call("SET", "text", "x")
-    with pytest.raises(CommandFailed):
-        link.call("INCR", "text")
-    assert link.call("GET", "text") == b"x" and downs == []
 
 
-def test_a_full_queue_is_busy_at_once(redis_server):
-    """Beyond MAX_QUEUED waiting calls a caller is refused at once instead of growing."""
+def test_a_full_queue_or_a_stopped_link_refuses_at_once(redis_server):
+    """Beyond MAX_QUEUED waiting calls a caller is refused at once instead of growing;
+    a stopped link refuses as down, without making callers wait."""
     link = RedisLink(redis_py.Redis.from_url(redis_server.url), on_down=lambda r: None,
                      max_queued=0)
     with pytest.raises(LinkBusy):
         link.call("PING")
     assert link.post(link.pipeline()) is False
-    wait_for(lambda: link.status()["busy"] == 2, timeout=2, message="busy counted")
+    assert link.status()["busy"] == 2
+    stopped = make_link(redis_server.url, [])
+    stopped.stop()
+    with pytest.raises(LinkDown, match="stopped"):
+        stopped.call("PING", timeout=30)

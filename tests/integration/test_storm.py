@@ -9,6 +9,7 @@ again: sockets admitted meanwhile are claimed once Redis is back.
 """
 
 import asyncio
+import time
 
 import psutil
 import pytest
@@ -59,6 +60,13 @@ def claimed_ids(redis_url):
     return sum(1 for _ in client.scan_iter(match="*:cid:*", count=1000))
 
 
+def _pause(redis_url, opened):
+    """DEBUG SLEEP in Redis: (seconds it took, upgrades still to open when it ended)."""
+    started = time.monotonic()
+    redis_py.Redis.from_url(redis_url).execute_command("DEBUG", "SLEEP", REDIS_PAUSE)
+    return time.monotonic() - started, SOCKETS - opened[0]
+
+
 def workers_relaying(redis_url):
     """Workers whose stats row is in Redis: each writes it every 2 s, only while its
     relay is whole (after a restart of an empty Redis, only those that recovered)."""
@@ -88,17 +96,21 @@ def test_two_thousand_handshakes_at_once_are_all_admitted_and_reached(storm_redi
 async def _storm(srv, storm_redis):
     paused = []
 
+    opened = [0]
+
     async def pause_redis_midway(count):  # slow is not down: nothing may degrade
+        opened[0] = count
         if count == SOCKETS // 3 and not paused:
-            paused.append(count)
-            slow = redis_py.Redis.from_url(storm_redis.url)
-            asyncio.ensure_future(asyncio.to_thread(slow.execute_command,
-                                                    "DEBUG", "SLEEP", REDIS_PAUSE))
+            paused.append(asyncio.ensure_future(asyncio.to_thread(_pause, storm_redis.url,
+                                                                  opened)))
 
     clients, failures = await open_many(srv.port, PATH, SOCKETS, IN_FLIGHT,
                                         on_opened=pause_redis_midway)
     try:
         assert paused, "Redis was not paused during the storm"
+        paused_for, left_to_open = await paused[0]
+        assert paused_for >= REDIS_PAUSE * 0.9  # Redis really stopped answering...
+        assert left_to_open > IN_FLIGHT  # ...while at least IN_FLIGHT upgrades were to go
         assert failures == {} and len(clients) == SOCKETS
         assert all(c.error is None and c.close_code is None for c in clients)
         assert min(sockets_per_worker(srv)) > 0  # the storm really hit both workers

@@ -3,8 +3,8 @@ check and the client IP, on plain WSGI environ dicts."""
 
 import pytest
 
-from flask_jpulse_ws.auth import client_ip, context_from_user, origin_check
 from flask_jpulse_ws.context import Context, initials_of
+from flask_jpulse_ws.server.auth import client_ip, context_from_user, origin_check
 
 
 def environ(host="example.com", scheme="http", origin=None, **headers):

@@ -4,8 +4,8 @@ import struct
 
 import pytest
 
-from flask_jpulse_ws import frames
-from flask_jpulse_ws.frames import FrameDecoder, ProtocolError, encode_frame
+from flask_jpulse_ws.core import frames
+from flask_jpulse_ws.core.frames import FrameDecoder, ProtocolError, encode_frame
 
 
 def client_frame(opcode, payload, fin=True):
@@ -120,3 +120,19 @@ def test_nothing_after_a_close_frame_is_decoded():
     decoder = FrameDecoder(100)
     events = decoder.feed(frames.close_frame(1000, mask=True) + client_frame(frames.OP_TEXT, b"x"))
     assert [op for op, _ in events] == [frames.OP_CLOSE]
+
+
+def test_the_client_upgrade_request_and_the_servers_answer_fit_together():
+    """The pure client handshake (both clients use it) and the server's 101 match."""
+    key = frames.client_key()
+    assert frames.valid_client_key(key)
+    request = frames.upgrade_request("127.0.0.1", 5000, "/api/1/ws/chat?uuid=x", key,
+                                     {"Origin": "http://127.0.0.1:5000"})
+    assert request.startswith(b"GET /api/1/ws/chat?uuid=x HTTP/1.1\r\n")
+    assert request.endswith(b"\r\nOrigin: http://127.0.0.1:5000\r\n\r\n")
+    assert f"Sec-WebSocket-Key: {key}".encode() in request
+    head = frames.handshake_response(key).split(b"\r\n\r\n")[0]
+    assert frames.upgrade_response(head, key) == (101, True)
+    assert frames.upgrade_response(head, frames.client_key()) == (101, False)
+    assert frames.upgrade_response(b"HTTP/1.1 403 Forbidden\r\nX: y", key) == (403, False)
+    assert frames.upgrade_response(b"garbage", key) == (0, False)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from flask_jpulse_ws import history
-from flask_jpulse_ws.history import MemoryHistory
+from flask_jpulse_ws.core import history
+from flask_jpulse_ws.core.history import MemoryHistory
 
 
 class Clock:

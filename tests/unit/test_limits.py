@@ -2,7 +2,7 @@
 
 import pytest
 
-from flask_jpulse_ws.limits import AbuseCounter, Limits, RateWindow
+from flask_jpulse_ws.core.limits import AbuseCounter, Limits, RateWindow
 
 
 def test_namespace_overrides_fall_back_per_key_to_the_configuration():

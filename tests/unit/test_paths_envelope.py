@@ -3,10 +3,10 @@
 import orjson
 import pytest
 
-from flask_jpulse_ws import envelope
 from flask_jpulse_ws.context import Context
-from flask_jpulse_ws.envelope import InboundError, decode_inbound
-from flask_jpulse_ws.paths import PathPattern, is_pattern, is_whitelisted, validate_path
+from flask_jpulse_ws.core import envelope
+from flask_jpulse_ws.core.envelope import InboundError, decode_inbound
+from flask_jpulse_ws.core.paths import PathPattern, is_pattern, is_whitelisted, validate_path
 
 
 @pytest.mark.parametrize("path", ["/api/1/ws/", "/api/2/ws/x", "api/1/ws/x", "/api/1/ws/x?y"])

@@ -2,16 +2,15 @@
 
 import pytest
 
-from flask_jpulse_ws.relay import (
+from flask_jpulse_ws.cluster.keys import (
     check_prefix,
-    encode_op,
     instances_key,
-    merge_instances,
     namespace_channel,
     path_of_channel,
     relay_channel,
     stats_key,
 )
+from flask_jpulse_ws.cluster.relay import encode_op, merge_instances
 
 PATHS = [
     "/api/1/ws/chat",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flask_jpulse_ws.redis_connect import SentinelURL, parse_sentinel_url
+from flask_jpulse_ws.cluster.redis_connect import SentinelURL, parse_sentinel_url
 
 
 def test_full_url_with_several_sentinels_credentials_and_db():

@@ -1,6 +1,6 @@
 """Counters, rates, status colours and the activity log."""
 
-from flask_jpulse_ws.stats import ActivityLog, NamespaceStats, RateCounter, iso, status_colour
+from flask_jpulse_ws.core.stats import ActivityLog, NamespaceStats, RateCounter, iso, status_colour
 
 
 def test_rate_counter_counts_the_last_minute_and_hour():

@@ -11,7 +11,10 @@ import secrets
 from typing import Any, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from .context import Context, initials_of
+from flask import current_app, request, session
+from flask_login import current_user
+
+from ..context import Context, initials_of, roles_of
 
 __all__ = ["origin_check", "client_ip", "context_from_user", "SESSION_TOKEN_KEY",
            "session_token", "ensure_session_token", "reload_user", "identity_of"]
@@ -85,10 +88,8 @@ def client_ip(environ: Mapping[str, Any], trusted_proxies: int) -> str:
 
 def _current_user() -> Any:
     try:
-        from flask import current_app
         if getattr(current_app, "login_manager", None) is None:
             return None
-        from flask_login import current_user
         return current_user._get_current_object()
     except Exception:  # pragma: no cover - flask-login missing or misconfigured
         log.exception("could not read flask-login's current_user")
@@ -103,10 +104,7 @@ def context_from_user(user: Any, ip: str) -> Context:
     username = str(getattr(user, "username", None) or user_id)
     first = str(getattr(user, "first_name", "") or "")
     last = str(getattr(user, "last_name", "") or "")
-    roles = getattr(user, "roles", ()) or ()
-    if isinstance(roles, str):
-        roles = (roles,)
-    return Context(username=username, ip=ip, roles=tuple(str(r) for r in roles),
+    return Context(username=username, ip=ip, roles=roles_of(user),
                    first_name=first, last_name=last,
                    initials=str(getattr(user, "initials", "") or initials_of(first, last,
                                                                           username)),
@@ -118,14 +116,12 @@ def current_context(ip: str) -> Context:
 
 
 def session_token() -> Optional[str]:
-    from flask import session
     token = session.get(SESSION_TOKEN_KEY)
     return token if isinstance(token, str) else None
 
 
 def ensure_session_token(*_args: Any, **_kwargs: Any) -> None:
     """Signal receiver (``user_logged_in``): name this browser session."""
-    from flask import session
     session[SESSION_TOKEN_KEY] = secrets.token_urlsafe(16)
 
 
@@ -137,7 +133,6 @@ def adopt_session() -> None:
     sockets, and two of them would count as one identity. Upgrade requests are
     skipped: a 101 response cannot carry the new cookie.
     """
-    from flask import request, session
     if request.environ.get("HTTP_UPGRADE", "").lower() == "websocket":
         return
     if "_user_id" in session and SESSION_TOKEN_KEY not in session:  # flask-login's key

@@ -19,22 +19,26 @@ from typing import (
     Iterable,
     List,
     Optional,
+    Protocol,
     Sequence,
     Tuple,
     TypeVar,
     Union,
 )
+from urllib.parse import quote
 
-from . import envelope
-from .errors import CloseCode
-from .history import DEFAULT_TTL
-from .limits import Limits
-from .paths import PathPattern, decode_path, is_pattern, validate_path
-from .stats import NamespaceStats
+from flask import Flask
+
+from ..config import Settings
+from ..core import envelope
+from ..core.history import DEFAULT_TTL
+from ..core.limits import Limits
+from ..core.paths import PathPattern, decode_path, is_pattern, validate_path
+from ..core.stats import ActivityLog, NamespaceStats
+from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
-    from .extension import AppState
 
 __all__ = ["NamespaceTemplate", "Namespace", "Registry"]
 
@@ -43,6 +47,33 @@ log = logging.getLogger("flask_jpulse_ws")
 Handler = Callable[["Connection"], Any]
 F = TypeVar("F", bound=Handler)
 OnCreate = Callable[[Any, Any], Any]
+
+
+class AppServices(Protocol):
+    """What a live namespace asks of its app (``server.state.AppState`` is one): settings,
+    counters, the activity log, fan-out and presence. A protocol, so that this module
+    need not import the app state that imports it."""
+
+    app: Flask
+    settings: Settings
+    total_messages: int
+    total_dropped: int
+    activity: ActivityLog
+    registry: Registry
+
+    @property
+    def presence(self) -> Any: ...
+
+    def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int: ...
+
+    def send_to_client(self, path: str, client_id: str, data: Dict[str, Any],
+                       ctx: Any = None) -> bool: ...
+
+    def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
+                ctx: Any = None) -> Dict[str, Any]: ...
+
+    def remove_namespace(self, path: str, remove_if_empty: bool = False,
+                         _relay: bool = True) -> bool: ...
 
 
 class NamespaceTemplate:
@@ -153,7 +184,7 @@ class NamespaceTemplate:
 class Namespace:
     """A live namespace of one app: its clients, limits and stats."""
 
-    def __init__(self, state: AppState, template: NamespaceTemplate, path: str,
+    def __init__(self, state: AppServices, template: NamespaceTemplate, path: str,
                  params: Dict[str, str]) -> None:
         self.state = state
         self.template = template
@@ -240,12 +271,12 @@ class Namespace:
     def presence(self) -> List[Dict[str, Any]]:
         """Members on every process: ``clientId``, ``username``, ``connectedAt``, ``info``."""
         self._require_presence()
-        return self.state.presence.members(self.path)  # type: ignore[no-any-return]
+        return self.state.presence.members(self.path)
 
     def presence_stats(self) -> Dict[str, Any]:
         """``{"clients": n, "users": m}`` across every process (distinct usernames)."""
         self._require_presence()
-        return self.state.presence.stats(self.path)  # type: ignore[no-any-return]
+        return self.state.presence.stats(self.path)
 
     def _require_presence(self) -> None:
         if not self.template.has_presence:
@@ -274,7 +305,7 @@ class Namespace:
 class Registry:
     """Templates and live namespaces of one app; path lookup and the namespace cap."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppServices) -> None:
         self.state = state
         self.literals: Dict[str, NamespaceTemplate] = {}
         self.patterns: List[NamespaceTemplate] = []
@@ -363,7 +394,6 @@ class Registry:
 
 def _encode_segments(path: str) -> str:
     # A decoded concrete path back to raw form, segment by segment, for pattern matching.
-    from urllib.parse import quote
     return "/".join(quote(seg, safe="!$&'()*+,;=:@~-._") for seg in path.split("/"))
 
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Union
 
 import orjson
 
-from .errors import ErrorCode
+from ..errors import ErrorCode
 
 __all__ = [
     "Inbound", "InboundError", "decode_inbound", "check_type", "request_id_of",

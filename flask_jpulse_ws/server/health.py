@@ -5,15 +5,21 @@ re-validation and removal of empty dynamic namespaces. Not a timer per socket.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from . import auth, concurrency, envelope
-from .errors import CloseCode, ErrorCode
-from .id_claims import CLAIM_REFRESH
+from .. import concurrency
+from ..context import roles_of
+from ..core import envelope
+from ..errors import CloseCode, ErrorCode
+from . import auth
 
 if TYPE_CHECKING:  # pragma: no cover
+    from flask import Flask
+
+    from ..cluster.backend import Backend
+    from ..config import Settings
     from .connection import Connection
-    from .extension import AppState
+    from .namespace import Registry
 
 __all__ = ["HealthScheduler"]
 
@@ -23,9 +29,14 @@ log = logging.getLogger("flask_jpulse_ws")
 class HealthScheduler:
     """Wakes every ``tick`` seconds and looks at each connection once."""
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-        s = state.settings
+    def __init__(self, settings: Settings, registry: Registry, backend: Backend, app: Flask,
+                 sweep: Callable[[], None]) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.backend = backend
+        self.app = app
+        self.sweep = sweep  # removes dynamic namespaces empty for their grace period
+        s = settings
         # Fine enough to honour the pong timeout to within a quarter of it.
         self.tick = max(0.02, min(1.0, s.ping_interval / 4, s.pong_timeout / 4))
         self._runner: Any = None
@@ -33,27 +44,25 @@ class HealthScheduler:
 
     def start(self) -> None:
         if self._runner is None:
-            self._runner = concurrency.spawn(self._run)
+            self._runner = concurrency.every(self.tick, self._cycle, "health cycle")
 
     def stop(self) -> None:
         self._stopped = True
 
-    def _run(self) -> None:
-        while not self._stopped:
-            concurrency.sleep(self.tick)
-            try:
-                self.run_once(concurrency.monotonic())
-            except Exception:  # the scheduler must survive anything
-                log.exception("health cycle failed")
+    def _cycle(self) -> bool:
+        if self._stopped:
+            return False
+        self.run_once(concurrency.monotonic())
+        return True
 
     def run_once(self, now: float) -> None:
-        s = self.state.settings
+        s = self.settings
         to_check: List[Connection] = []
         claims_due: List[Connection] = []
         unclaimed: List[Connection] = []
-        claims = self.state.id_claims if self.state.relay.distributed else None
-        refresh_all = claims is not None and claims.refresh_all_wanted
-        for conn in self.state.registry.connections():
+        claims = self.backend.claims
+        refresh_all = claims.refresh_all_wanted
+        for conn in self.registry.connections():
             if conn.needs_claim:
                 unclaimed.append(conn)
             elif refresh_all and conn.id_claim is not None:
@@ -66,20 +75,19 @@ class HealthScheduler:
             elif now >= conn.next_ping_at:
                 conn.next_ping_at = now + s.ping_interval
                 conn.send_ping(now)
-                if conn.id_claim is not None and now - conn.id_claimed_at > CLAIM_REFRESH \
-                        and not refresh_all:
+                if not refresh_all and claims.due(conn, now):
                     claims_due.append(conn)
                 if conn.ctx.user_id is not None and not conn.ctx.is_public:
                     to_check.append(conn)
         if to_check:
             self.revalidate(to_check)
-        if claims is not None:  # unclaimed: admitted while Redis was away or slow
-            claims.maintain(unclaimed, claims_due, now)
-        self.state.sweep_namespaces()
+        # unclaimed: admitted while Redis was away or slow; after an outage, every claim
+        claims.maintain(unclaimed, claims_due, now, everything=refresh_all)
+        self.sweep()
 
     def revalidate(self, conns: List[Connection]) -> None:
         """Reload each user once; close 4401 if gone or inactive, 4403 if demoted."""
-        app = self.state.app
+        app = self.app
         if not auth.can_reload_users(app):
             # No flask-login user loader (e.g. identities from a ``context_loader``):
             # nothing to re-validate against, which is not the same as "user gone".
@@ -104,12 +112,8 @@ class HealthScheduler:
             expire(conn)
             return
         required = conn.namespace.template.require_roles
-        if required:
-            roles = getattr(user, "roles", ()) or ()
-            if isinstance(roles, str):
-                roles = (roles,)
-            if not set(required) & {str(r) for r in roles}:
-                conn.close(CloseCode.FORBIDDEN, "Role no longer held")
+        if required and not set(required) & set(roles_of(user)):
+            conn.close(CloseCode.FORBIDDEN, "Role no longer held")
 
 
 _KEEP = object()

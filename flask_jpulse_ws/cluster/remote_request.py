@@ -1,7 +1,7 @@
 """Server requests to a client held by another process, over the relay.
 
 ``ns.request(client_id, ...)`` asks a local client directly. When the client is not
-local and the relay is distributed, the asking process publishes a ``request``
+local and the app runs over Redis, the asking process publishes a ``request``
 operation; the process that holds the client answers at once with an ``accepted``
 reply (so "nobody holds it" is known within :data:`ACCEPT_TIMEOUT`, not after the whole
 timeout), asks its client, and publishes the result addressed to the asking process.
@@ -15,13 +15,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Dict
+from typing import Any, Callable, Dict, Sequence
 
-from . import concurrency, envelope
-from .errors import ErrorCode
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+from .. import concurrency
+from ..core import envelope
+from ..errors import ErrorCode
 
 __all__ = ["RemoteRequests", "ACCEPT_TIMEOUT", "MAX_WAITING", "MAX_SERVING"]
 
@@ -57,10 +55,18 @@ class _Waiter:
 
 
 class RemoteRequests:
-    """Both sides of cross-process server requests for one app."""
+    """Both sides of cross-process server requests for one app.
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
+    :param relay: carries the requests and replies (``redis_relay.RedisRelay``).
+    :param find_client: the local connection ``(path, client_id)``, or ``None``.
+    :param wire_ctx_fields: the context fields a request may carry.
+    """
+
+    def __init__(self, relay: Any, find_client: Callable[[str, str], Any],
+                 wire_ctx_fields: Sequence[str]) -> None:
+        self.relay = relay
+        self._find_client = find_client
+        self._wire_ctx_fields = wire_ctx_fields
         self._waiting: Dict[str, _Waiter] = {}
         self.serving = 0
         self.asked = 0
@@ -71,9 +77,7 @@ class RemoteRequests:
     def ask(self, path: str, client_id: str, data: Dict[str, Any], timeout: float,
             ctx: Any) -> Dict[str, Any]:
         """Ask a client held by another process; same results as ``conn.request``."""
-        relay = self.state.relay
-        if not relay.distributed:
-            return _error("Client not connected", ErrorCode.NOT_CONNECTED)
+        relay = self.relay
         if len(self._waiting) >= MAX_WAITING:
             return _error("Too many requests to other processes are waiting",
                           ErrorCode.NOT_CONNECTED)
@@ -81,7 +85,7 @@ class RemoteRequests:
         waiter = self._waiting[rid] = _Waiter()
         self.asked += 1
         try:
-            wire = envelope.wire_ctx(ctx, self.state.settings.wire_ctx_fields)
+            wire = envelope.wire_ctx(ctx, self._wire_ctx_fields)
             relay.publish("request", path=path, clientId=client_id, requestId=rid,
                           data=dict(data), ctx=wire, timeout=timeout, sentAt=time.time())
             if relay.degraded:  # the publish was dropped: nobody will answer
@@ -95,13 +99,13 @@ class RemoteRequests:
             if not waiter.result.wait(max(0.0, left)):
                 return {**_error(f"No reply within {timeout} s", ErrorCode.REQUEST_TIMEOUT),
                         "requestId": rid}
-            return waiter.result.value  # type: ignore[no-any-return]
+            return waiter.result.value
         finally:
             self._waiting.pop(rid, None)
 
     def on_reply(self, message: Dict[str, Any]) -> None:
         """A ``reply`` operation: ours when addressed to this process's host id."""
-        if message.get("to") != self.state.relay.host_id:
+        if message.get("to") != self.relay.host_id:
             return
         waiter = self._waiting.get(str(message.get("requestId")))
         if waiter is None:
@@ -119,8 +123,7 @@ class RemoteRequests:
     # ------------------------------------------------------------------ holding side
     def on_request(self, message: Dict[str, Any]) -> None:
         """A ``request`` operation: serve it when this process holds the client."""
-        ns = self.state.registry.live.get(str(message.get("path")))
-        conn = ns.clients.get(str(message.get("clientId"))) if ns is not None else None
+        conn = self._find_client(str(message.get("path")), str(message.get("clientId")))
         if conn is None or not conn.open:
             return  # another process holds it, or nobody: the asker's accept wait ends
         if self.serving >= MAX_SERVING:
@@ -134,7 +137,7 @@ class RemoteRequests:
         concurrency.spawn(self._serve, conn, data, message)
 
     def _serve(self, conn: Any, data: Dict[str, Any], message: Dict[str, Any]) -> None:
-        relay = self.state.relay
+        relay = self.relay
         route = {"to": message.get("host"), "requestId": message.get("requestId")}
         try:
             relay.publish("reply", accepted=True, **route)

@@ -17,17 +17,19 @@ from urllib.parse import parse_qs, quote
 
 from flask import Response, request
 
-from . import auth, envelope, frames
+from ..context import Context
+from ..core import envelope, frames
+from ..core.history import Position, parse_since
+from ..core.paths import is_whitelisted
+from ..errors import CloseCode
+from . import auth
+from .admission import Rejected
 from .connection import Connection
-from .context import Context
-from .errors import CloseCode
-from .history import Position, parse_since
 from .namespace import close_code_for
-from .paths import is_whitelisted
 from .pipeline import handle_message
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+    from .state import AppState
 
 __all__ = ["serve", "UUID_RE"]
 
@@ -40,20 +42,11 @@ _HANDLER_DRAIN_TIMEOUT = 30.0
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-class Rejected(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """An admission check failed: close with ``code`` after the upgrade."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
 def serve(state: AppState) -> Any:
     """The view behind every ``/api/1/ws/...`` upgrade request."""
     environ = request.environ
     settings = state.settings
-    key = environ.get("HTTP_SEC_WEBSOCKET_KEY")
+    key = str(environ.get("HTTP_SEC_WEBSOCKET_KEY") or "")
     if "websocket" not in environ.get("HTTP_UPGRADE", "").lower() or \
             not frames.valid_client_key(key):
         return Response("Expected a WebSocket upgrade request\n", 400)
@@ -63,7 +56,7 @@ def serve(state: AppState) -> Any:
     allowed, expected = auth.origin_check(environ, settings.allowed_origins,
                                           settings.trusted_proxies)
     if not allowed:
-        state.refused_origins += 1
+        state.admission.refused_origins += 1
         log.warning("refused WebSocket upgrade from origin %r to %s: expected %s "
                     "(set JPULSE_WS_ALLOWED_ORIGINS to allow it)",
                     environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none")
@@ -73,7 +66,7 @@ def serve(state: AppState) -> Any:
     ctx = state.load_context(ip)
     token = auth.session_token()
     state.ensure_started()
-    sock.sendall(frames.handshake_response(key))  # type: ignore[arg-type]
+    sock.sendall(frames.handshake_response(key))
     # From here on the socket speaks WebSocket: nothing may escape to the server, which
     # would write an HTTP 500 after the 101 (clients read it as a corrupt frame).
     try:
@@ -90,21 +83,21 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
     """Admission after the 101, then the connection's life."""
     counted = False
     try:
-        state.admit_ip(ip)
+        state.admission.admit(ip)
         counted = True
-        ns, client_id, ctx, identity, claim = _admit(state, environ, ctx, token)
+        ns, client_id, ctx, identity, claim, claim_later = _admit(state, environ, ctx, token)
     except Exception as exc:
         if counted:
-            state.release_ip(ip)
+            state.admission.release(ip)
         if not isinstance(exc, Rejected):
             exc = Rejected(CloseCode.SERVER_ERROR, "Server error")
             log.exception("admission to %s failed", environ.get("PATH_INFO"))
-        state.rejections[exc.code] = state.rejections.get(exc.code, 0) + 1
+        state.admission.refused(exc.code)
         _close_rejected(sock, exc.code, exc.reason, state.settings.close_timeout)
         return
     conn = Connection(sock, ns, client_id, ctx, identity, token)
     conn.id_claim, conn.id_claimed_at = claim, time.monotonic()
-    conn.needs_claim = claim is None and state.relay.distributed
+    conn.needs_claim = claim_later
     try:
         since = parse_since(_query(environ, "since")) if ns.template.history_size else None
         _join(state, ns, conn, since)
@@ -114,14 +107,14 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
         conn.terminate(CloseCode.SERVER_ERROR, "Server error")  # through its writer
         raise
     finally:
-        state.release_ip(ip)
+        state.admission.release(ip)
         _leave(state, conn)
 
 
 def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Optional[str]
-           ) -> Tuple[Any, str, Context, tuple, Optional[str]]:
+           ) -> Tuple[Any, str, Context, tuple, Optional[str], bool]:
     """Checks 3-8 of the handshake: (namespace, client id, context, identity, the
-    cluster-wide claim on the id or ``None``)."""
+    cluster-wide claim on the id or ``None``, whether to claim it later)."""
     settings = state.settings
     raw_path = _raw_path(environ)
     match = state.registry.match_raw(raw_path)
@@ -151,10 +144,9 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
             held.close(CloseCode.REPLACED, "Replaced by a newer connection")
         else:
             client_id = str(uuid.uuid4())  # never take over someone else's id
-    claim = None
-    if state.relay.distributed:  # nor one another process holds for someone else
-        client_id, claim = state.id_claims.claim(path, client_id, identity)
-    return ns, client_id, ctx, identity, claim
+    # Nor one another process holds for someone else (a no-op in one process):
+    client_id, claim, claim_later = state.backend.claims.claim(path, client_id, identity)
+    return ns, client_id, ctx, identity, claim, claim_later
 
 
 def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
@@ -239,7 +231,7 @@ def _leave(state: AppState, conn: Connection) -> None:
     if ns.discard(conn) and ns.template.has_presence:
         state.presence.left(conn)
     if conn.id_claim is not None:
-        state.id_claims.release(conn)
+        state.backend.claims.release(conn)
     if not conn.wait_handlers(_HANDLER_DRAIN_TIMEOUT):
         log.warning("on_message handlers of %s still running after %.0f s; calling "
                     "on_disconnect anyway", ns.path, _HANDLER_DRAIN_TIMEOUT)

@@ -2,7 +2,7 @@
 
 Each process knows its own members (its local connections) exactly. Without Redis
 that is the whole answer. With Redis, each process also keeps its members in two keys
-per namespace (``relay.presence_keys``): a hash ``host|clientId -> member JSON`` and a
+per namespace (``keys.presence_keys``): a hash ``host|clientId -> member JSON`` and a
 sorted set of the same ids scored by expiry time, refreshed every third of
 ``JPULSE_WS_PRESENCE_TTL``. A killed process stops refreshing, its members expire,
 and whichever process finds them first removes them with one Lua script (atomic, so
@@ -22,13 +22,17 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Type
 
-from . import concurrency, envelope, frames
-from .relay import presence_keys
-from .stats import iso
+from .. import concurrency
+from ..cluster.keys import presence_keys
+from ..cluster.link_errors import CommandFailed, LinkError
+from ..core import envelope, frames
+from ..core.stats import iso
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..cluster.backend import Backend
+    from ..config import Settings
     from .connection import Connection
-    from .extension import AppState
+    from .namespace import Registry
 
 __all__ = ["PresenceTracker", "Batch", "member_of", "member_key", "newest_per_client",
            "summarize"]
@@ -160,10 +164,12 @@ class Batch:
 class PresenceTracker:
     """Members of every presence namespace of one app; see the module docstring."""
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-        self.ttl = float(state.settings.presence_ttl)
-        self.batch_interval = float(state.settings.presence_batch)
+    def __init__(self, settings: Settings, registry: Registry, backend: Backend) -> None:
+        self.registry = registry
+        self.backend = backend
+        self.prefix = settings.channel_prefix
+        self.ttl = float(settings.presence_ttl)
+        self.batch_interval = float(settings.presence_batch)
         self._local: Dict[str, Dict[str, Member]] = {}  # path -> clientId -> member
         self._pending: Dict[str, Batch] = {}  # for local clients at the next tick
         self._outgoing: Dict[str, Batch] = {}  # own changes, for Redis and the relay
@@ -253,10 +259,10 @@ class PresenceTracker:
         with self._lock:
             own = list(self._local.get(path, {}).values())
         if not self._redis_ready():
-            return newest_per_client(own), self.state.relay.distributed
+            return newest_per_client(own), self._link is not None
         hkey, zkey = self._keys(path)
         now = time.time()
-        own_prefix = self.state.relay.host_id + "|"
+        own_prefix = self.backend.host_id + "|"
         try:
             pipe = self._link.pipeline()
             pipe.zrangebyscore(zkey, now, "+inf")
@@ -289,15 +295,7 @@ class PresenceTracker:
     # ------------------------------------------------------------ the ticker
     def _ensure_ticker(self) -> None:
         if self._ticker is None:
-            self._ticker = concurrency.spawn(self._run)
-
-    def _run(self) -> None:
-        while True:
-            concurrency.sleep(self.batch_interval)
-            try:
-                self.tick()
-            except Exception:  # the ticker must outlive any one bad tick
-                log.exception("presence tick failed")
+            self._ticker = concurrency.every(self.batch_interval, self.tick, "presence tick")
 
     def tick(self) -> int:
         """Store and publish own changes, refresh when due, then send every pending
@@ -305,11 +303,10 @@ class PresenceTracker:
         with self._lock:
             outgoing, self._outgoing = self._outgoing, {}
         outgoing = {p: b for p, b in outgoing.items() if b}
-        relay = self.state.relay
-        if relay.distributed:
+        if self._link is not None:  # members are shared with other processes
             self._store(outgoing)
             for path, batch in outgoing.items():
-                relay.publish("presence", path=path, **batch.to_wire())
+                self.backend.publish("presence", path=path, **batch.to_wire())
             # Refresh on the last tick before it is due, not the first after: the
             # period stays at most TTL/3 even when TTL/3 is not a multiple of a tick.
             if concurrency.monotonic() + self.batch_interval > self._next_refresh:
@@ -317,7 +314,7 @@ class PresenceTracker:
         with self._lock:
             pending, self._pending = self._pending, {}
         sent = 0
-        live = self.state.registry.live
+        live = self.registry.live
         for path, batch in pending.items():
             ns = live.get(path)
             if not batch or ns is None or not ns.clients:
@@ -332,29 +329,27 @@ class PresenceTracker:
     # ------------------------------------------------------------ Redis
     @property
     def _link(self) -> Any:
-        return self.state.relay.link  # type: ignore[attr-defined]  # redis_link.RedisLink
+        """The backend's link to Redis (``redis_link.RedisLink``); ``None`` in one process."""
+        return self.backend.link
 
     @property
     def _errors(self) -> Tuple[Type[BaseException], ...]:
-        from .redis_link import LinkError
         return (LinkError,)
 
     def _redis_ready(self) -> bool:
-        relay: Any = self.state.relay
-        return bool(relay.distributed and relay.ensure_available())
+        return self._link is not None and self.backend.available()
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        from .redis_link import CommandFailed
         if isinstance(exc, CommandFailed):  # our command, not the connection
             log.error("%s failed: %s", what, exc)
         else:  # Redis away (the link opened the circuit) or busy: retried later
             log.info("%s failed: %s", what, exc)
 
     def _keys(self, path: str) -> Tuple[str, str]:
-        return presence_keys(self.state.settings.channel_prefix, path)
+        return presence_keys(self.prefix, path)
 
     def _field(self, member: Member) -> str:
-        return f"{self.state.relay.host_id}|{member['clientId']}"
+        return f"{self.backend.host_id}|{member['clientId']}"
 
     def _key_ttl(self) -> int:
         return max(1, math.ceil(self.ttl * 3))  # a namespace nobody refreshes goes away
@@ -460,14 +455,14 @@ class PresenceTracker:
                         pending.join(m)
             if not batch:
                 continue
-            self.state.relay.publish("presence", path=path, **batch.to_wire())
+            self.backend.publish("presence", path=path, **batch.to_wire())
         for path in expired_paths:
             self._reap(path, now)
 
     def _reap(self, path: str, now: float) -> int:
         """Remove expired members of ``path`` (one atomic script); announce their leave."""
         hkey, zkey = self._keys(path)
-        own_prefix = self.state.relay.host_id + "|"
+        own_prefix = self.backend.host_id + "|"
         try:
             raw = self._link.call("EVAL", REAP_SCRIPT, 2, hkey, zkey, now, REDIS_CHUNK)
         except self._errors as exc:
@@ -487,7 +482,7 @@ class PresenceTracker:
             pending = self._batch(self._pending, path)
             for m in batch.left.values():
                 pending.leave(m)
-        self.state.relay.publish("presence", path=path, **batch.to_wire())
+        self.backend.publish("presence", path=path, **batch.to_wire())
         self._ensure_ticker()
         return len(batch.left)
 

@@ -13,25 +13,25 @@ import logging
 import signal
 from typing import TYPE_CHECKING, Any, List
 
-from . import concurrency
-from .errors import CloseCode
+from .. import concurrency
+from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+    from .namespace import Registry
 
 __all__ = ["install"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
-_states: List[AppState] = []
+_registries: List[Registry] = []
 _installed = False
 
 
-def install(state: AppState) -> None:
-    """Register ``state``; wrap the worker's SIGTERM handler once per process."""
+def install(registry: Registry) -> None:
+    """Register an app's ``registry``; wrap the worker's SIGTERM handler once per process."""
     global _installed
-    if state not in _states:
-        _states.append(state)
+    if registry not in _registries:
+        _registries.append(registry)
     if _installed:
         return
     previous: Any = signal.getsignal(signal.SIGTERM)
@@ -53,8 +53,8 @@ def install(state: AppState) -> None:
 
 def _going_away() -> None:
     count = 0
-    for state in list(_states):
-        for conn in list(state.registry.connections()):
+    for registry in list(_registries):
+        for conn in list(registry.connections()):
             conn.close(CloseCode.GOING_AWAY, "Server going away")
             count += 1
     log.info("worker stopping: closed %d WebSocket connections with 1001", count)

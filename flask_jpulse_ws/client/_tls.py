@@ -18,7 +18,7 @@ import ssl
 import time
 from typing import Any, List, Optional
 
-from . import concurrency
+from .. import concurrency
 
 __all__ = ["TLSSocket"]
 

@@ -12,19 +12,18 @@ import logging
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import concurrency, envelope
+from .. import concurrency
+from ..core import envelope
+from .keys import instances_key, relay_channel, stats_key
 from .redis_connect import redis_client
-from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkError, RedisLink
-from .relay import Relay, encode_op, instances_key, merge_instances, relay_channel, stats_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .extension import AppState
+from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkDown, LinkError, RedisLink
+from .relay import encode_op, merge_instances
 
 __all__ = ["RedisRelay", "check_cooperative"]
 
@@ -76,17 +75,27 @@ def check_cooperative() -> None:
             "before importing anything else; unset JPULSE_WS_REDIS_URL for one process.")
 
 
-class RedisRelay(Relay):
-    """Relay over Redis pub/sub (one channel per app: ``<prefix>:relay``)."""
+class RedisRelay:
+    """Relay over Redis pub/sub (one channel per app: ``<prefix>:relay``) and the
+    circuit of this process's Redis connections.
 
-    distributed = True
+    :param on_op: applies an operation another process published.
+    :param on_gap: tells every local client it may have missed messages (``_resync``).
+    :param on_recovered: Redis answers again after an outage.
+    :param stats_row: this process's row of the cluster stats.
+    """
 
-    def __init__(self, state: AppState) -> None:
-        super().__init__(state)
-        s = state.settings
-        self.url = str(s.redis_url)
-        self.prefix = s.channel_prefix
-        self.channel = relay_channel(self.prefix)
+    def __init__(self, url: str, prefix: str, host_id: str,
+                 on_op: Callable[[Dict[str, Any]], None], on_gap: Callable[[str], int],
+                 on_recovered: Callable[[], None],
+                 stats_row: Callable[[], Dict[str, Any]]) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.host_id = host_id
+        self.channel = relay_channel(prefix)
+        self._on_op, self._on_gap = on_op, on_gap
+        self._on_recovered, self._stats_row = on_recovered, stats_row
+        self.degraded = False
         # One connection for every short command of this process (redis_link.py); the
         # pool holds one because only the link's flusher ever borrows from it.
         self.link = RedisLink(redis_client(self.url, socket_timeout=REPLY_TIMEOUT,
@@ -101,6 +110,7 @@ class RedisRelay(Relay):
         self._gap_paths: Set[str] = set()
         self._gap_all = False
         self._pending_revokes: Set[str] = set()
+        self._sending_pending = False
         self._down_since: Optional[float] = None
         self._next_probe = 0.0
         self.last_error = ""
@@ -127,9 +137,9 @@ class RedisRelay(Relay):
 
     # ------------------------------------------------------------------ publishing
     def publish(self, op: str, **fields: Any) -> None:
-        """Publish now, on the caller's greenlet (so a message is in Redis before the
-        call returns: per-caller order holds across workers); dropped at once while
-        degraded; a failure opens the circuit."""
+        """Publish through the link and wait until the message is in Redis (so
+        per-caller order holds across workers); dropped at once while degraded, and
+        counted as dropped (a ``resync`` follows) if it could not be sent in time."""
         if not self._started:
             self.start()  # a REST handler may publish before any socket arrived
         path = fields.get("path")
@@ -219,8 +229,9 @@ class RedisRelay(Relay):
             if now >= next_stats and not self.degraded:
                 next_stats = now + STATS_INTERVAL
                 self._publish_stats()
-            if not self.degraded and (self._gap_all or self._gap_paths):
-                self._publish_gaps()  # dropped while Redis was busy, not down
+            if not self.degraded and (self._gap_all or self._gap_paths
+                                      or self._pending_revokes):
+                self._send_pending()  # dropped while Redis was busy, not down
 
     def _on_message(self, data: bytes) -> None:
         self.received += 1
@@ -231,27 +242,36 @@ class RedisRelay(Relay):
             return
         if not isinstance(message, dict):
             return
-        if not self.receive(message):
-            self.own_echoes += 1
+        if message.get("host") == self.host_id:
+            self.own_echoes += 1  # this process delivered it locally before publishing
+            return
+        try:
+            self._on_op(message)
+        except Exception:  # a bad message must not stop the listener
+            log.exception("could not apply relayed message %r", message.get("op"))
 
     def _on_subscribed(self) -> None:
         self._subscribed = True
         self._first_attempt.set()
         try:
             self.link.call("PING", timeout=REPLY_TIMEOUT)
-        except LinkError as exc:
+        except LinkDown as exc:
             self._enter_degraded(f"publisher unavailable: {exc}", subscription_lost=False)
             self._next_probe = concurrency.monotonic() + BACKOFF_MIN
             return
+        except LinkBusy:  # answering others: Redis is there
+            pass
         if self.degraded:
             self._recover()
 
     def _probe(self, now: float) -> None:
         try:
             self.link.call("PING", timeout=REPLY_TIMEOUT)
-        except LinkError:
+        except LinkDown:
             self._next_probe = now + BACKOFF_MAX
             return
+        except LinkBusy:  # answering others: Redis is there
+            pass
         self._recover()
 
     def ensure_available(self) -> bool:
@@ -283,42 +303,52 @@ class RedisRelay(Relay):
         self.degraded = False
         self._down_since = None
         sub_gap, self._sub_gap = self._sub_gap, False
-        revokes, self._pending_revokes = list(self._pending_revokes), set()
-        resynced = self.state.resync_all("relay-gap") if sub_gap else 0
+        resynced = self._on_gap("relay-gap") if sub_gap else 0
         if resynced:
             self.resyncs += 1
-        self._publish_gaps()
-        for token in revokes:
-            self.publish("revoke", token=token)
-        self.state.id_claims.recovered()  # claims lost with a Redis restart: make again
+        self._send_pending()
+        self._on_recovered()  # e.g. claims lost with a Redis restart are made again
         log.warning("Redis relay restored after %.1f s: %d messages dropped so far, "
                     "_resync sent to %d local clients", down, self.dropped, resynced)
 
-    def _publish_gaps(self) -> None:
-        """Tell the other processes which namespaces missed what this one dropped."""
+    def _send_pending(self) -> None:
+        """Tell the other processes which namespaces missed what this one dropped, and
+        send the logout revocations kept meanwhile: in a task of its own, so that the
+        subscriber never waits on a publish."""
+        if self._sending_pending:
+            return
+        self._sending_pending = True
         gap_all, self._gap_all = self._gap_all, False
         gap_paths, self._gap_paths = sorted(self._gap_paths), set()
-        if gap_all or gap_paths:
-            self.publish("resync", paths=None if gap_all else gap_paths)
+        revokes, self._pending_revokes = list(self._pending_revokes), set()
+        concurrency.spawn(self._publish_pending, gap_all, gap_paths, revokes)
+
+    def _publish_pending(self, gap_all: bool, gap_paths: List[str], revokes: List[str]
+                         ) -> None:
+        try:
+            if gap_all or gap_paths:
+                self.publish("resync", paths=None if gap_all else gap_paths)
+            for token in revokes:
+                self.publish("revoke", token=token)
+        finally:
+            self._sending_pending = False
 
     # ------------------------------------------------------------------ stats
     def _publish_stats(self) -> None:
-        row = self.state.instance_stats()
+        row = self._stats_row()
         pipe = self.link.pipeline()
         pipe.set(stats_key(self.prefix, self.host_id), envelope.encode_json(row),
                  ex=STATS_TTL)
         pipe.sadd(instances_key(self.prefix), self.host_id)
         pipe.expire(instances_key(self.prefix), STATS_TTL * 6)
-        try:
-            self.link.run(pipe, timeout=STATS_WAIT)
-        except LinkError as exc:
-            log.info("could not publish stats to Redis: %s", exc)
+        if not self.link.post(pipe):  # not waited for: the subscriber must not block
+            log.info("could not publish stats to Redis: the link's queue is full")
 
     def cluster_stats(self) -> Dict[str, Any]:
         """Stats rows of every live process of this app (own row always fresh)."""
         if not self._started:
             self.start()
-        own = self.state.instance_stats()
+        own = self._stats_row()
         rows: List[Dict[str, Any]] = [own]
         error = None
         try:
@@ -345,14 +375,13 @@ class RedisRelay(Relay):
         return merged
 
     def status(self) -> Dict[str, Any]:
-        out = super().status()
+        out: Dict[str, Any] = {"hostId": self.host_id, "degraded": self.degraded}
         out.update({"channel": self.channel, "subscribed": self._subscribed,
                     "published": self.published, "received": self.received,
                     "ownEchoes": self.own_echoes, "dropped": self.dropped,
                     "outages": self.outages, "resyncs": self.resyncs,
                     "lastError": self.last_error, "pid": os.getpid(),
-                    "host": socket.gethostname(), "link": self.link.status(),
-                    "idClaims": self.state.id_claims.status()})
+                    "host": socket.gethostname(), "link": self.link.status()})
         if self._down_since is not None:
             out["degradedFor"] = round(concurrency.monotonic() - self._down_since, 3)
         return out

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
-from . import concurrency, envelope
-from .errors import CloseCode, ErrorCode, WSError
+from .. import concurrency
+from ..core import envelope
+from ..errors import CloseCode, ErrorCode, WSError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
@@ -90,13 +91,13 @@ def run_handler(conn: Connection, message: dict, rid: Optional[str]) -> None:
     conn.message = None
 
 
-def _reject(conn: Connection, reason: str, text: str, code: object, details: object,
+def _reject(conn: Connection, reason: str, text: str, code: Union[int, str], details: object,
             rid: Optional[str], payload: bytes, notify: bool = True) -> None:
     ns = conn.namespace
     ns.drop(reason)
     now = time.time()
     if notify:
-        conn.send_raw_json(envelope.encode_error(text, code, details, rid))  # type: ignore
+        conn.send_raw_json(envelope.encode_error(text, code, details, rid))
         ns.state.activity.add(now, ns.path, "rejected", conn.ctx.username, str(code),
                               payload[:200])
     if conn.abuse(concurrency.monotonic()):

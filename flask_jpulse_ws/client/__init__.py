@@ -21,9 +21,7 @@ sections 3 and 6::
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
 import random
 import socket
 import ssl
@@ -34,7 +32,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
-from . import concurrency, frames
+from .. import concurrency
+from ..core import frames
 from ._tls import TLSSocket
 
 __all__ = [
@@ -429,12 +428,8 @@ class WSClient:
 
     def _handshake(self, sock: Any, host: str, port: int, target: str,
                    deadline: float) -> bytes:
-        key = base64.b64encode(os.urandom(16)).decode("ascii")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
-                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-                 "Sec-WebSocket-Version: 13"]
-        lines += [f"{k}: {v}" for k, v in self._headers.items()]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        key = frames.client_key()
+        sock.sendall(frames.upgrade_request(host, port, target, key, self._headers))
         buf = b""
         while b"\r\n\r\n" not in buf:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
@@ -446,14 +441,13 @@ class WSClient:
                 raise _SocketEndedError(1006, "no handshake response")
             buf += chunk
         head, _, rest = buf.partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0]
-        parts = status_line.split(b" ", 2)
-        if len(parts) < 2 or parts[1] != b"101":
+        status, accepted = frames.upgrade_response(head, key)
+        if status != 101:
             # An HTTP refusal (403 origin, 400...) looks like 1006 to a browser: retry.
             log.warning("WebSocket upgrade to %s refused: %s", self.url,
-                        status_line.decode("latin-1", "replace"))
+                        head.split(b"\r\n", 1)[0].decode("latin-1", "replace"))
             raise _SocketEndedError(1006, "upgrade refused")
-        if frames.accept_key(key).encode("ascii") not in head:
+        if not accepted:
             raise _SocketEndedError(1006, "bad Sec-WebSocket-Accept")
         return rest
 
@@ -717,14 +711,14 @@ class WSClient:
             return _failure("NOT_CONNECTED", "Not connected: the request was not sent.",
                             requestId=rid)
         if waiter.wait(timeout):
-            return waiter.value  # type: ignore[no-any-return]
+            return waiter.value
         with self._lock:
             self._pending.pop(rid, None)
             self._expired[rid] = None
             while len(self._expired) > EXPIRED_MEMORY:
                 del self._expired[next(iter(self._expired))]
         if waiter.wait(0):  # the reply won the race after all
-            return waiter.value  # type: ignore[no-any-return]
+            return waiter.value
         return _failure("REQUEST_TIMEOUT", f"No reply within {timeout:g} s.", requestId=rid)
 
     def _fail_pending(self, code: str, error: str) -> None:

@@ -26,16 +26,12 @@ import hmac
 import logging
 import secrets
 import uuid
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
-from . import concurrency
-from .errors import CloseCode
-from .redis_link import LinkError
-from .relay import client_id_key
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .connection import Connection
-    from .extension import AppState
+from .. import concurrency
+from ..errors import CloseCode
+from .keys import client_id_key
+from .redis_link import LinkError, RedisLink
 
 __all__ = ["IdClaims", "CLAIM_TTL", "CLAIM_REFRESH", "CLAIM_WAIT"]
 
@@ -72,21 +68,38 @@ return 1
 """
 
 
-class IdClaims:
-    """The claims of one app's connections (used only with the Redis relay)."""
+class Claimant(Protocol):
+    """What a claim needs of a connection (``server.connection.Connection``)."""
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
-        relay: Any = state.relay
-        self.relay = relay
-        self.prefix = relay.prefix
-        self.link = relay.link
-        self._claim = self.link.register_script(_CLAIM)
-        self._release = self.link.register_script(_RELEASE)
-        self._refresh = self.link.register_script(_REFRESH)
-        secret = state.app.secret_key or self.prefix
-        self._key = secret.encode() if isinstance(secret, str) else bytes(secret)
-        self._refresh_all = False
+    client_id: str
+    identity: tuple
+    namespace: Any  # its ``.path``
+    id_claim: Optional[str]
+    id_claimed_at: float
+    needs_claim: bool
+    open: bool
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+
+class IdClaims:
+    """The claims of one app's connections (used only with Redis).
+
+    :param available: True while Redis answers (the relay's circuit is closed).
+    :param secret: keys the identity digests stored in Redis.
+    """
+
+    def __init__(self, link: RedisLink, prefix: str, secret: bytes,
+                 available: Callable[[], bool]) -> None:
+        self.link = link
+        self.prefix = prefix
+        self._available = available
+        self._claim = link.register_script(_CLAIM)
+        self._release = link.register_script(_RELEASE)
+        self._refresh = link.register_script(_REFRESH)
+        self._key = secret
+        self._recoveries = 0  # Redis came back this many times...
+        self._refreshed = 0  # ...and every claim was made again after this many
         self._maintaining = False
         self.made = 0
         self.deferred = 0  # admitted without a claim (Redis away or slow)
@@ -100,12 +113,13 @@ class IdClaims:
     def _key_of(self, path: str, client_id: str) -> str:
         return client_id_key(self.prefix, path, client_id)
 
-    def claim(self, path: str, client_id: str, identity: tuple) -> Tuple[str, Optional[str]]:
-        """(the id to use, the claim to release later, or ``None`` when none could be
-        made now: the health cycle makes it later, see :meth:`claim_late`)."""
-        if not self.relay.ensure_available():
+    def claim(self, path: str, client_id: str, identity: tuple
+              ) -> Tuple[str, Optional[str], bool]:
+        """(the id to use, the claim to release later, whether none could be made now:
+        the health cycle then makes it, see :meth:`claim_late`)."""
+        if not self._available():
             self.deferred += 1
-            return client_id, None
+            return client_id, None, True
         digest = self.digest(identity)
         for _ in range(3):  # a fresh uuid4 is free; more tries only guard the impossible
             nonce = secrets.token_hex(4)
@@ -116,42 +130,53 @@ class IdClaims:
             except LinkError as exc:
                 log.info("client id claim deferred: %s", exc)
                 self.deferred += 1
-                return client_id, None
+                return client_id, None, True
             if taken:
                 self.made += 1
-                return client_id, f"{digest}:{nonce}"
+                return client_id, f"{digest}:{nonce}", False
             client_id = str(uuid.uuid4())  # held by another identity elsewhere
         self.deferred += 1
-        return client_id, None
+        return client_id, None, True
 
-    def maintain(self, unclaimed: List[Connection], due: List[Connection], now: float
-                 ) -> None:
+    def maintain(self, unclaimed: List[Claimant], due: List[Claimant], now: float,
+                 everything: bool = False) -> None:
         """From the health cycle: claim ``unclaimed`` ids late and refresh the claims
-        ``due``, in a task of their own so that a slow Redis never delays pings. While the
-        previous round still runs, this one is skipped: unclaimed sockets are picked up
-        again next tick, due claims at their next ping (long before they expire)."""
-        if self._maintaining or not (unclaimed or due):
+        ``due`` (``everything``: every claim, as :attr:`refresh_all_wanted` asked), in a
+        task of their own so that a slow Redis never delays pings. While the previous
+        round still runs, this one is skipped: unclaimed sockets are picked up again next
+        tick, due claims at their next ping (long before they expire)."""
+        if self._maintaining:
+            return
+        if not (unclaimed or due):
+            if everything:
+                self._refreshed = self._recoveries  # nothing held: nothing to make again
             return
         self._maintaining = True
-        self._refresh_all = False  # the health cycle passed every claim when wanted
-        concurrency.spawn(self._maintain, unclaimed, due, now)
+        concurrency.spawn(self._maintain, unclaimed, due, now,
+                          self._recoveries if everything else None)
 
-    def _maintain(self, unclaimed: List[Connection], due: List[Connection], now: float
-                  ) -> None:
+    def _maintain(self, unclaimed: List[Claimant], due: List[Claimant], now: float,
+                  recovery: Optional[int]) -> None:
         try:
             self.claim_late(unclaimed, now)
-            self.refresh(due, now)
+            if self.refresh(due, now) and recovery is not None:
+                self._refreshed = max(self._refreshed, recovery)
         except Exception:  # noqa: BLE001 - the next cycle tries again
             log.exception("client id claim maintenance failed")
         finally:
             self._maintaining = False
 
-    def claim_late(self, conns: List[Connection], now: float) -> None:
+    @staticmethod
+    def _holds(conn: Claimant) -> bool:
+        """``conn`` is open and still the socket its namespace knows by its id."""
+        return conn.open and conn.namespace.clients.get(conn.client_id) is conn
+
+    def claim_late(self, conns: List[Claimant], now: float) -> None:
         """Claim the ids of sockets admitted without a claim; close 4409 any whose id
         another identity took meanwhile."""
-        if not conns or not self.relay.ensure_available():
+        conns = [c for c in conns if self._holds(c)][:MAX_PER_CYCLE]
+        if not conns or not self._available():
             return
-        conns = conns[:MAX_PER_CYCLE]
         pipe = self.link.pipeline()
         values = []
         for conn in conns:
@@ -166,7 +191,7 @@ class IdClaims:
             return
         for conn, value, taken in zip(conns, values, results):
             conn.needs_claim = False
-            if not conn.open:
+            if not self._holds(conn):  # left or replaced while we waited
                 if taken:
                     self._post_release(conn.namespace.path, conn.client_id, value)
                 continue
@@ -174,10 +199,19 @@ class IdClaims:
                 conn.id_claim, conn.id_claimed_at = value, now
                 self.late += 1
             else:
-                self.conflicts += 1
-                conn.close(CloseCode.REPLACED, "Client id in use elsewhere: reconnect")
+                self._conflict(conn)
 
-    def release(self, conn: Connection) -> None:
+    def _conflict(self, conn: Claimant) -> None:
+        self.conflicts += 1
+        conn.id_claim = None
+        conn.close(CloseCode.REPLACED, "Client id in use elsewhere: reconnect")
+
+    @staticmethod
+    def due(conn: Claimant, now: float) -> bool:
+        """Whether ``conn``'s claim is older than :data:`CLAIM_REFRESH`."""
+        return conn.id_claim is not None and now - conn.id_claimed_at > CLAIM_REFRESH
+
+    def release(self, conn: Claimant) -> None:
         """Give the id up (queued, not waited for: a claim not released expires by
         itself). ``conn`` holds a claim (``conn.id_claim``)."""
         self._post_release(conn.namespace.path, conn.client_id, str(conn.id_claim))
@@ -189,32 +223,41 @@ class IdClaims:
 
     def recovered(self) -> None:
         """Redis answers again after an outage: it may have restarted empty, so every
-        claim is made again on the next health cycle."""
-        self._refresh_all = True
+        claim is made again by the next health cycles (until one succeeds)."""
+        self._recoveries += 1
 
     @property
     def refresh_all_wanted(self) -> bool:
-        """True after :meth:`recovered` until a health cycle hands every claim over."""
-        return self._refresh_all
+        """True after :meth:`recovered` until every claim has been made again."""
+        return self._refreshed < self._recoveries
 
-    def refresh(self, due: List[Connection], now: float) -> None:
-        """Refresh (or make again) the claims of ``due``: connections holding a claim
-        older than :data:`CLAIM_REFRESH` (the health scheduler picks them)."""
-        if not due or not self.relay.ensure_available():
-            return
+    def refresh(self, due: List[Claimant], now: float) -> bool:
+        """Refresh (or make again) the claims of ``due``; close 4409 a socket whose id
+        another identity took while Redis had lost the claim. True when all went."""
+        due = [c for c in due if self._holds(c)]
+        if not due:
+            return True
+        if not self._available():
+            return False
         for start in range(0, len(due), MAX_PER_CYCLE):
             part = due[start:start + MAX_PER_CYCLE]
             pipe = self.link.pipeline()
             for conn in part:
                 self._refresh(keys=[self._key_of(conn.namespace.path, conn.client_id)],
-                              args=[conn.id_claim, int(CLAIM_TTL * 1000)], client=pipe)
+                              args=[str(conn.id_claim), int(CLAIM_TTL * 1000)], client=pipe)
             try:
-                self.link.run(pipe)
+                results = self.link.run(pipe)
             except LinkError as exc:  # due again at their next ping
                 log.info("could not refresh client id claims: %s", exc)
-                return
-            for conn in part:
-                conn.id_claimed_at = now
+                return False
+            for conn, kept in zip(part, results):
+                if not self._holds(conn):  # left meanwhile: its release follows ours
+                    continue
+                if kept:
+                    conn.id_claimed_at = now
+                else:
+                    self._conflict(conn)
+        return True
 
     def status(self) -> Dict[str, int]:
         return {"made": self.made, "deferred": self.deferred, "late": self.late,

@@ -17,10 +17,11 @@ from typing import Any, Dict, Sequence
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import envelope
-from .paths import validate_path
+from ..core import envelope
+from ..core.paths import validate_path
+from .keys import relay_channel
 from .redis_connect import redis_client
-from .relay import encode_op, new_host_id, relay_channel
+from .relay import encode_op, new_host_id
 
 __all__ = ["Emitter"]
 

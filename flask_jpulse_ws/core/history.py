@@ -15,10 +15,10 @@ import secrets
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Deque, List, Optional, Tuple
+from typing import Deque, List, Optional, Protocol, Tuple
 
 __all__ = ["Position", "with_position", "parse_since", "new_epoch", "MemoryHistory",
-           "DEFAULT_TTL"]
+           "HistoryDelivery", "DEFAULT_TTL"]
 
 #: Seconds a broadcast stays replayable when a namespace gives a size but no TTL.
 DEFAULT_TTL = 300.0
@@ -55,6 +55,23 @@ class _Stream:
     entries: Deque[Tuple[int, float, bytes]] = field(default_factory=deque)
 
 
+class HistoryDelivery(Protocol):
+    """Where a history store delivers a broadcast in this process (the server's fan-out)."""
+
+    #: The namespace is live in this process.
+    live: bool
+
+    def with_position(self, frame_json: bytes, epoch: str, offset: int) -> int:
+        """Deliver the frame that carries its position; returns clients reached."""
+
+    def plain(self) -> int:
+        """Deliver without a position (none could be assigned); returns clients reached."""
+
+    def later(self) -> int:
+        """The store delivers to every process, this one too, once it has assigned the
+        position; returns the clients here that will receive it."""
+
+
 class MemoryHistory:
     """Streams for one process (no Redis): offsets are assigned here, in order.
 
@@ -87,6 +104,15 @@ class MemoryHistory:
         while len(stream.entries) > size:
             stream.entries.popleft()
         return frame, (stream.epoch, stream.offset)
+
+    def broadcast(self, path: str, frame_json: bytes, size: int, ttl: float, msg_type: str,
+                  to: HistoryDelivery) -> int:
+        """Store one broadcast and deliver it to this process's clients with its
+        position; returns how many received it."""
+        if not to.live and not self.has_stream(path):
+            return 0  # nobody here now or within the TTL: nobody who could catch up
+        frame, (epoch, offset) = self.append(path, frame_json, size, ttl)
+        return to.with_position(frame, epoch, offset)
 
     def position(self, path: str, ttl: float = 0) -> Position:
         """The stream's epoch and last offset (a new stream starts at 0)."""

@@ -12,9 +12,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
-from .history import Position, new_epoch
-from .redis_link import LinkDown, LinkError
-from .relay import history_keys
+from ..core.history import HistoryDelivery, Position, new_epoch
+from .keys import history_keys
+from .redis_link import LinkBusy, LinkDown, LinkError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .redis_relay import RedisRelay
@@ -67,7 +67,7 @@ end
 return out
 """
 
-#: Seconds a broadcast waits for its turn to be stored (it stays queued after that).
+#: Seconds a broadcast waits to be stored (not sent by then: delivered here, unstored).
 APPEND_WAIT = 10.0
 #: Seconds a handshake waits for the history position or a replay.
 READ_WAIT = 2.0
@@ -84,26 +84,35 @@ class RedisHistory:
         self._since = self.link.register_script(_SINCE)
         self._broken: set = set()  # paths whose stream lost a broadcast: reset next time
 
-    def append(self, path: str, frame_json: bytes, size: int, ttl: float,
-               msg_type: str = "") -> bool:
-        """Assign the next offset and publish; False when Redis is not reachable."""
+    def broadcast(self, path: str, frame_json: bytes, size: int, ttl: float, msg_type: str,
+                  to: HistoryDelivery) -> int:
+        """Redis assigns the offset and publishes; every process, this one too, delivers
+        when it comes back, so all deliver in one order. When Redis could not take it,
+        it is delivered here without a position (the ``_resync`` after an outage covers
+        the other processes); when it is unknown whether Redis took it, Redis delivers
+        it or nobody does. Either way the stream starts a new epoch next time, so no
+        client is ever told it recovered across the gap."""
         if not self.relay.ensure_available():
             self._broken.add(path)
-            return False
+            return to.plain()
         meta, stream = history_keys(self.relay.prefix, path)
         reset = "1" if path in self._broken else "0"
         try:
             self.link.eval(self._append, [meta, stream, self.relay.channel],
                            [frame_json, size, int(ttl * 1000), new_epoch(), reset,
-                            int(time.time() * 1000), path, msg_type],
-                           timeout=APPEND_WAIT, cancel_on_timeout=False)
+                            int(time.time() * 1000), path,
+                            msg_type if isinstance(msg_type, str) else ""],
+                           timeout=APPEND_WAIT)
         except LinkError as exc:
-            self._broken.add(path)  # it may have been stored: a new epoch settles it
+            self._broken.add(path)
+            if isinstance(exc, LinkBusy) and exc.sent:
+                log.info("history append of %s: no answer within %s s", path, APPEND_WAIT)
+                return to.later()  # it may be in Redis already: delivered from there
             if not isinstance(exc, LinkDown):
                 log.warning("history append of %s failed: %s", path, exc)
-            return False
+            return to.plain()
         self._broken.discard(path)
-        return True
+        return to.later()
 
     def position(self, path: str, ttl: float) -> Optional[Position]:
         if not self.relay.ensure_available():

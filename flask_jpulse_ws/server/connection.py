@@ -1,29 +1,28 @@
-"""One accepted WebSocket: outbound buffer and writer, close handshake, reader loop.
+"""One accepted WebSocket as the app sees it: handler inbox, close handshake, reader.
 
-Outbound frames are written straight to the socket when the kernel takes them
-(no greenlet switch, no copy); only what does not fit is queued, and a writer is
-started for as long as the queue is not empty. A queue over
-``JPULSE_WS_MAX_QUEUE_BYTES`` marks a slow consumer: it is closed 4503 and never
-holds anyone else up. Every frame goes through this one path, so frames never
-interleave and partial writes are always completed.
+Writing to the socket is :class:`~.outbound.Outbound`'s job; the connection decides
+what to send and when to close. It needs no app to run: give it a socket, its
+namespace, the settings and a drop counter, and it works over ``socket.socketpair()``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 import time
 import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
-from . import concurrency, envelope, frames
-from .context import Context
-from .errors import CloseCode, ErrorCode
-from .limits import AbuseCounter, RateWindow
+from .. import concurrency
+from ..context import Context
+from ..core import envelope, frames
+from ..core.limits import AbuseCounter, RateWindow
+from ..errors import CloseCode, ErrorCode
+from .outbound import Outbound
 
 if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Settings
     from .namespace import Namespace
 
 __all__ = ["Connection"]
@@ -31,43 +30,13 @@ __all__ = ["Connection"]
 log = logging.getLogger("flask_jpulse_ws")
 
 _NO_LOCK = contextlib.nullcontext()
-_OVERFLOW = object()
-#: Bytes a connection's outbox gathers before it is written without waiting for a yield.
-_OUTBOX_MAX = 256 * 1024
-
-
-class _Flusher:
-    """Writes every connection's outbox once the current greenlet yields.
-
-    The flush runs as a callback of gevent's loop: a list swap and one
-    non-blocking write per connection, nothing that could switch greenlets.
-    """
-
-    def __init__(self) -> None:
-        self._dirty: List[Connection] = []
-        self._scheduled = False
-
-    def add(self, conn: Connection) -> None:
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            concurrency.call_soon(self.flush)
-
-    def flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        self._scheduled = False
-        for conn in dirty:
-            try:
-                conn._flush_outbox()
-            except Exception:  # one broken socket must not keep the others' frames
-                log.exception("writing to %r failed", conn)
-
-
-_FLUSHER = _Flusher()
+_PING = frames.encode_frame(frames.OP_PING, b"")
 
 
 def _ignore(conn: Connection, payload: bytes) -> None:
     """Message sink until ``run()`` installs the pipeline."""
+
+
 _RECV_BYTES = 65536
 #: History frames buffered for one connection while its replay is read.
 _HOLD_MAX = 10000
@@ -91,8 +60,20 @@ class Connection:
     """
 
     def __init__(self, sock: Any, namespace: Namespace, client_id: str, ctx: Context,
-                 identity: tuple, session_token: Optional[str]) -> None:
-        settings = namespace.state.settings
+                 identity: tuple = (), session_token: Optional[str] = None, *,
+                 settings: Optional[Settings] = None,
+                 on_drop: Optional[Callable[[str], None]] = None) -> None:
+        """Take over an upgraded socket; nothing is read before :meth:`run`.
+
+        :param settings: bounds and timers (queue, frame size, close timeout, pings,
+            abuse); the namespace's app settings by default.
+        :param on_drop: counts a connection cut for a reason (``"slowConsumer"``,
+            ``"oversize"``, ``"invalid"``); ``namespace.drop`` by default.
+        """
+        if settings is None:
+            settings = namespace.state.settings
+        self._settings = settings
+        self._on_drop = namespace.drop if on_drop is None else on_drop
         self.sock = sock
         self.namespace = namespace
         self.client_id = client_id
@@ -102,27 +83,18 @@ class Connection:
         self.message: Optional[Dict[str, Any]] = None
         self.connected_at = time.time()
         self.open = True
-        self.close_code: Optional[int] = None
         self.presence_info: Dict[str, Any] = {}
         self.id_claim: Optional[str] = None  # cluster-wide claim on the id (id_claims)
         self.id_claimed_at = 0.0
         self.needs_claim = False  # admitted unclaimed (Redis away or slow): claim later
-        # Outbound: None while the socket takes everything we write.
-        self._queue: Optional[Deque[Any]] = None
-        self._queued = 0
-        self._head_partial = False
-        self._max_queue = settings.max_queue_bytes
+        self._out = Outbound(sock, settings.max_queue_bytes, settings.close_timeout,
+                             self._on_drop, f"{client_id} on {namespace.path}")
+        #: Hand one encoded frame to the socket, never waiting: ``send_frame(frame)``,
+        #: False once the connection takes no more data. The outbound's own method, so a
+        #: broadcast to thousands of sockets pays no call in between.
+        self.send_frame = self._out.send
+        # Guards the handler inbox under threads; gevent cannot switch in between.
         self._lock: Any = _NO_LOCK if concurrency.using_gevent() else concurrency.Lock()
-        #: One non-blocking write: what the kernel takes now, never a wait.
-        self._send_now: Callable[[Any], int] = concurrency.nonblocking_sender(sock)
-        #: Under gevent, frames wait in the outbox until this greenlet yields.
-        self._coalesce = self._lock is _NO_LOCK
-        self._outbox: Union[None, bytes, List[bytes]] = None
-        self._outbox_bytes = 0
-        self._close_sent = False
-        self._shutdown_when_flushed = False
-        self._cut_timer: Any = None
-        self._close_timeout = settings.close_timeout
         # Health: the scheduler pings when due and cuts a peer whose pong is late.
         self.ping_sent_at: Optional[float] = None
         self.next_ping_at = concurrency.monotonic() + settings.ping_interval
@@ -149,127 +121,7 @@ class Connection:
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.namespace.path} {self.ctx.username!r}>"
 
-    # ------------------------------------------------------------------ outbound
-
-    def send_frame(self, frame: bytes, force: bool = False) -> bool:
-        """Hand one encoded frame to the socket; never waits on a slow peer.
-
-        :param force: for the close frame: past the closed-for-data state and the
-            queue bound.
-        :returns: False when the connection no longer takes data.
-        """
-        if self._lock is _NO_LOCK:  # gevent: nothing in here can switch greenlets
-            outcome = self._send_or_queue(frame, force)
-        else:
-            with self._lock:
-                outcome = self._send_or_queue(frame, force)
-        if outcome is _OVERFLOW:
-            self._slow_consumer()
-            return False
-        return outcome is True
-
-    def _send_or_queue(self, frame: bytes, force: bool) -> object:
-        """True sent or queued, False gone, ``_OVERFLOW`` past the bound (caller locks)."""
-        if self._close_sent and not force:
-            return False
-        queue = self._queue
-        if queue is None:
-            if not self._coalesce:
-                return self._write_now(frame)
-            # Frames sent before this greenlet yields go out in one write: a burst of
-            # K broadcasts costs each socket one syscall, not K.
-            outbox = self._outbox
-            if outbox is None:
-                # The frame itself, not a list: a broadcast to N sockets allocates no
-                # container per socket (containers are what wakes the cycle collector).
-                self._outbox = frame
-                self._outbox_bytes = len(frame)
-                _FLUSHER.add(self)
-            else:
-                if isinstance(outbox, list):
-                    outbox.append(frame)
-                else:
-                    self._outbox = [outbox, frame]
-                self._outbox_bytes += len(frame)
-                if self._outbox_bytes >= _OUTBOX_MAX:
-                    self._flush_outbox()  # a long burst: write now, memory stays bounded
-            return True
-        if self._queued + len(frame) > self._max_queue and not force:
-            return _OVERFLOW
-        queue.append(frame)
-        self._queued += len(frame)
-        return True
-
-    def _write_now(self, data: bytes) -> bool:
-        """Write what the kernel takes; queue the rest for the writer task."""
-        started = False
-        try:
-            sent = self._send_now(data)
-        except concurrency.WriteStarted:
-            sent, started = 0, True  # TLS: the head is partly taken, like a partial write
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._lost()
-            return False
-        if sent == len(data):
-            return True  # the common case: the kernel took it all, no copy, no switch
-        self._queue = deque((memoryview(data)[sent:],))
-        self._queued = len(data) - sent
-        self._head_partial = sent > 0 or started
-        concurrency.spawn(self._write_queued)
-        return True
-
-    def _flush_outbox(self) -> None:
-        """Write the frames gathered since the last flush (gevent only, no switch)."""
-        pending = self._outbox
-        if pending is None:
-            return
-        self._outbox = None
-        data = b"".join(pending) if isinstance(pending, list) else pending
-        self._outbox_bytes = 0
-        if self._queue is not None:  # pragma: no cover - frames reach the outbox only without
-            self._queue.append(data)  # a queue; kept for safety
-            self._queued += len(data)
-            return
-        self._write_now(data)
-        if self._shutdown_when_flushed and self._queue is None:
-            self._shutdown()
-
-    def _write_queued(self) -> None:
-        sock = self.sock
-        while True:
-            with self._lock:
-                queue = self._queue
-                if not queue:
-                    self._queue = None
-                    self._queued = 0
-                    done = self._shutdown_when_flushed
-                    break
-                chunk = queue.popleft()
-                self._head_partial = False
-            try:
-                sock.sendall(chunk)
-            except OSError:
-                self._lost()
-                return
-            with self._lock:
-                self._queued -= len(chunk)
-        if done:
-            self._shutdown()
-
-    def _slow_consumer(self) -> None:
-        self.namespace.drop("slowConsumer")
-        log.warning("closing slow consumer %s on %s: more than %d bytes waiting",
-                    self.client_id, self.namespace.path, self._max_queue)
-        with self._lock:
-            if self._queue is not None:
-                # Unstarted frames go; a frame already half on the wire must finish.
-                keep = [self._queue[0]] if self._head_partial and self._queue else []
-                self._queue.clear()
-                self._queue.extend(keep)
-                self._queued = sum(len(c) for c in keep)
-        self.close(CloseCode.SLOW_CONSUMER, "Slow consumer: outbound queue full")
+    # ------------------------------------------------------------------ sending
 
     def send(self, data: Dict[str, Any], ctx: Any = None) -> bool:
         """Send ``{type, data}`` to this client only (``ctx=None``: system)."""
@@ -402,47 +254,42 @@ class Connection:
     def abuse(self, now: float) -> bool:
         """Count a violation; True once the connection should be closed 1008."""
         if self._abuse is None:
-            s = self.namespace.state.settings
+            s = self._settings
             self._abuse = AbuseCounter(s.abuse_threshold, s.abuse_window)
         return self._abuse.hit(now)
 
     # ----------------------------------------------------------------- close
 
+    @property
+    def close_code(self) -> Optional[int]:
+        """The code of the first close frame: ours, or the peer's."""
+        return self._out.close_code
+
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the close handshake; the socket is cut if the peer does not answer."""
-        if self._close_sent:
-            return
-        self.close_code = code
-        self.send_frame(frames.close_frame(code, reason), force=True)
-        self._close_sent = True
-        self._cut_timer = concurrency.spawn_later(self._close_timeout, self._shutdown)
+        self._out.close(code, reason)
 
     def terminate(self, code: Optional[int] = CloseCode.SERVER_ERROR, reason: str = "") -> None:
         """Best-effort close frame (none for ``code=None``), then cut the TCP connection."""
-        if not self._close_sent:
-            self.close_code = code
-            with self._lock:
-                idle = self._queue is None
-                self._outbox = None  # cut anyway: what has not been written is dropped
-            if idle and code is not None:  # a queued close frame would never pass a frozen peer
-                try:
-                    self._send_now(frames.close_frame(code, reason))
-                except OSError:
-                    pass
-            self._close_sent = True
-        self._shutdown()
+        self._out.terminate(code, reason)
 
     def send_ping(self, now: float) -> None:
         self.ping_sent_at = now
-        self.send_frame(frames.encode_frame(frames.OP_PING, b""))
+        self.send_frame(_PING)
 
-    def _lost(self) -> None:
-        self._close_sent = True
-        self._shutdown()
-
-    def _shutdown(self) -> None:
+    def _peer_closed(self, body: bytes) -> None:
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a blocked recv and sendall
+            code, _ = frames.parse_close(body)
+            echo = 1000 if code == 1005 else code  # 1005 means "no code": answer 1000
+        except frames.ProtocolError as exc:
+            code, echo = exc.code, exc.code
+        self._out.answer_close(code, echo)
+
+    def _drain_until_closed(self) -> None:
+        # After our close frame: discard input until the peer's close or the cut.
+        try:
+            while self.sock.recv(_RECV_BYTES):
+                pass
         except OSError:
             pass
 
@@ -466,9 +313,7 @@ class Connection:
             return
         finally:
             self.open = False
-            self._flush_outbox()  # the server closes the socket when we return
-            if self._cut_timer is not None:
-                self._cut_timer.cancel()
+            self._out.finish()  # the server closes the socket when we return
             self._fail_pending()
             self._wake.set()  # a lingering handler task ends now
 
@@ -477,13 +322,13 @@ class Connection:
         try:
             events = self._decoder.feed(data)
         except frames.ProtocolError as exc:
-            self.namespace.drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
+            self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
             self.close(exc.code, exc.reason)
             self._drain_until_closed()
             return False
         for opcode, payload in events:
             if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
-                if not self._close_sent:
+                if not self._out.closed:  # after our close frame, data is ignored
                     self._on_message(self, payload)
             elif opcode == frames.OP_PONG:
                 self.ping_sent_at = None
@@ -548,32 +393,6 @@ class Connection:
     def wait_handlers(self, timeout: float) -> bool:
         """Wait until queued messages have been handled (before ``on_disconnect``)."""
         return bool(self._idle.wait(timeout))
-
-    def _peer_closed(self, body: bytes) -> None:
-        try:
-            code, _ = frames.parse_close(body)
-            echo = 1000 if code == 1005 else code
-        except frames.ProtocolError as exc:
-            code, echo = exc.code, exc.code
-        if self.close_code is None:
-            self.close_code = code
-        if not self._close_sent:
-            self.send_frame(frames.close_frame(echo), force=True)
-            self._close_sent = True
-        with self._lock:
-            flushed = self._queue is None and self._outbox is None
-            if not flushed:
-                self._shutdown_when_flushed = True
-        if flushed:
-            self._shutdown()
-
-    def _drain_until_closed(self) -> None:
-        # After our close frame: discard input until the peer's close or the cut.
-        try:
-            while self.sock.recv(_RECV_BYTES):
-                pass
-        except OSError:
-            pass
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, None

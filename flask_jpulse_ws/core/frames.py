@@ -13,7 +13,7 @@ import base64
 import hashlib
 import os
 import struct
-from typing import List, Optional, Tuple, Union
+from typing import List, Mapping, Optional, Tuple, Union
 
 __all__ = [
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
@@ -60,6 +60,35 @@ def handshake_response(key: str) -> bytes:
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
             + accept_key(key).encode("ascii") + b"\r\n\r\n")
+
+
+def client_key() -> str:
+    """A fresh ``Sec-WebSocket-Key`` (base64 of 16 random bytes)."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def upgrade_request(host: str, port: int, target: str, key: str,
+                    headers: Optional[Mapping[str, str]] = None) -> bytes:
+    """The client's upgrade request for ``target`` (path and query) on ``host:port``."""
+    lines = [f"GET {target} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def upgrade_response(head: bytes, key: str) -> Tuple[int, bool]:
+    """(HTTP status, whether ``Sec-WebSocket-Accept`` answers ``key``) of a response head
+    (the bytes before its blank line); status 0 when the status line is unreadable."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    try:
+        status = int(parts[1]) if len(parts) >= 2 else 0
+    except ValueError:
+        status = 0
+    expected = accept_key(key).encode("ascii")
+    accepted = any(name.strip().lower() == b"sec-websocket-accept" and value.strip() == expected
+                   for name, _, value in (line.partition(b":") for line in lines[1:]))
+    return status, accepted
 
 
 def _mask(data: bytes, key: bytes) -> bytes:

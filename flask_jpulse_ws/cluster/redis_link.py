@@ -34,14 +34,16 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 import redis
 from redis.commands.core import Script
 
-from . import concurrency
+from .. import concurrency
+from .link_errors import CommandFailed, LinkBusy, LinkDown, LinkError
 
 __all__ = ["RedisLink", "LinkError", "LinkDown", "LinkBusy", "CommandFailed",
            "REPLY_TIMEOUT", "CALL_WAIT", "MAX_QUEUED", "MAX_BATCH"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
-#: Seconds Redis may take to answer a pipeline before the link counts it as down. A
+#: Seconds Redis may take to answer (each read of a pipeline's replies) before the link
+#: counts it as down. A
 #: pipeline of 1,000 scripts takes a few ms; a starved gevent hub can add hundreds of ms
 #: before the reply is read, which must not look like an outage.
 REPLY_TIMEOUT = 2.0
@@ -54,24 +56,14 @@ MAX_QUEUED = 20000
 MAX_BATCH = 1000
 
 
-class LinkError(Exception):
-    """A Redis call did not give its result; the caller takes its fallback."""
-
-
-class LinkDown(LinkError):  # noqa: N818 - read as a state: raise LinkDown
-    """The connection to Redis failed or Redis did not answer (already reported)."""
-
-
-class LinkBusy(LinkError):  # noqa: N818 - read as a state: raise LinkDown
-    """The call waited too long for its turn, or the queue is full: not an outage."""
-
-
-class CommandFailed(LinkError):  # noqa: N818 - read as a state: raise LinkDown
-    """Redis answered a command with an error."""
+#: What redis-py can send as an argument (it refuses bool and everything else, but only
+#: while packing the whole pipeline: one bad call would fail every other call with it).
+_ARGUMENT_TYPES = (bytes, bytearray, memoryview, str, int, float)
 
 
 class _Call:
-    __slots__ = ("commands", "scripts", "results", "error", "done", "cancelled")
+    __slots__ = ("commands", "scripts", "results", "error", "done", "cancelled", "sent",
+                 "reloaded")
 
     def __init__(self, commands: List[Any], scripts: Sequence[Script]) -> None:
         self.commands = commands  # [(args, options)] as redis-py's Pipeline records them
@@ -80,6 +72,8 @@ class _Call:
         self.error: Optional[LinkError] = None
         self.done: Any = None  # an Event, made only for a caller that waits
         self.cancelled = False
+        self.sent = False
+        self.reloaded = False  # sent again once after NOSCRIPT
 
 
 class RedisLink:
@@ -101,6 +95,7 @@ class RedisLink:
         self._flusher: Any = None
         self._spawn_lock = concurrency.Lock()
         self._stopped = False
+        self._loaded: set = set()  # shas of the scripts loaded on the current connection
         self.calls = 0
         self.batches = 0
         self.largest_batch = 0
@@ -126,9 +121,9 @@ class RedisLink:
         """
         call = self._enqueue(recorded, wait=True)
         if not call.done.wait(timeout):
-            call.cancelled = cancel_on_timeout
+            call.cancelled = cancel_on_timeout and not call.sent
             self.busy += 1
-            raise LinkBusy(f"no reply from the Redis queue within {timeout} s")
+            raise LinkBusy(f"no reply from the Redis queue within {timeout} s", call.sent)
         if call.error is not None:
             raise call.error
         assert call.results is not None
@@ -159,9 +154,16 @@ class RedisLink:
         return self.run(rec, timeout, cancel_on_timeout)[0]
 
     def _enqueue(self, recorded: Any, wait: bool) -> _Call:
+        if self._stopped:
+            raise LinkDown("the link is stopped")
         if len(self._queue) >= self._max_queued:
             self.busy += 1
             raise LinkBusy(f"{len(self._queue)} Redis calls already queued")
+        for args, _ in recorded.command_stack:  # this caller's mistake fails it alone
+            for arg in args:
+                if isinstance(arg, bool) or not isinstance(arg, _ARGUMENT_TYPES):
+                    raise CommandFailed(f"{args[0]}: cannot send {type(arg).__name__} "
+                                        f"{arg!r} to Redis")
         call = _Call(list(recorded.command_stack), tuple(recorded.scripts))
         if wait:
             call.done = concurrency.Event()
@@ -175,11 +177,14 @@ class RedisLink:
         return call
 
     def stop(self) -> None:
+        """Fail what is queued and end the flusher (the app is shutting down)."""
         self._stopped = True
+        self._fail_queued([], LinkDown("the link is stopped"))
         self._wake.set()
 
     @property
     def queued(self) -> int:
+        """Calls waiting for the flusher (not those it is sending)."""
         return len(self._queue)
 
     def status(self) -> Dict[str, Any]:
@@ -217,19 +222,32 @@ class RedisLink:
         if not batch:
             return
         try:
+            self._flush_batch(batch)
+        except Exception as exc:  # noqa: BLE001 - a bug here must not strand the callers
+            log.exception("Redis link flusher failed")
+            self._fail_queued(batch, CommandFailed(f"{type(exc).__name__}: {exc}"),
+                              only_batch=True)
+
+    def _flush_batch(self, batch: List[_Call]) -> None:
+        try:
             results = self._execute(batch)
         except Exception as exc:  # noqa: BLE001 - every failure of the connection is mapped
             self._connection_failed(batch, exc)
             return
         self.batches += 1
         self.largest_batch = max(self.largest_batch, len(results))
+        if any(isinstance(r, redis.exceptions.ReadOnlyError) for r in results):
+            # A replica since a failover that DNS has not followed yet: reconnect.
+            self._connection_failed(batch, redis.exceptions.ReadOnlyError("READONLY"))
+            return
         retry: List[_Call] = []
         it = iter(results)
         for call in batch:
             mine = [next(it) for _ in call.commands]
-            if call.scripts and any(isinstance(r, redis.exceptions.NoScriptError)
-                                    for r in mine):
-                retry.append(call)  # Redis restarted or flushed its scripts: load, resend
+            if call.scripts and not call.reloaded and any(
+                    isinstance(r, redis.exceptions.NoScriptError) for r in mine):
+                call.reloaded = True  # Redis flushed its scripts meanwhile: send once more
+                retry.append(call)
                 continue
             error = next((r for r in mine if isinstance(r, Exception)), None)
             if error is not None:
@@ -237,46 +255,54 @@ class RedisLink:
             else:
                 self._finish(call, mine, None)
         if retry:
-            self._load_scripts(retry)
+            self._loaded.clear()
+            self._queue.extendleft(reversed(retry))  # first again, in their order
 
     def _execute(self, batch: List[_Call]) -> List[Any]:
+        """One pipeline: the scripts this connection has not loaded yet first (so that a
+        call never fails with NOSCRIPT and goes again after the calls behind it), then
+        every call's commands; returns the calls' results."""
         pipe = self._client.pipeline(transaction=False)
+        loading = {s.sha: s.script for call in batch for s in call.scripts
+                   if s.sha not in self._loaded}
+        for source in loading.values():
+            pipe.execute_command("SCRIPT", "LOAD", source)
         for call in batch:
+            call.sent = True
             pipe.command_stack.extend(call.commands)
         try:
             # redis-py's execute() would check its scripts with an extra round trip;
-            # NOSCRIPT replies are handled per call above instead.
-            return pipe.execute(raise_on_error=False)
+            # the SCRIPT LOADs above do it in the same one.
+            results = pipe.execute(raise_on_error=False)
         finally:
             pipe.reset()
-
-    def _load_scripts(self, calls: List[_Call]) -> None:
-        sources = {s.sha: s.script for call in calls for s in call.scripts}
-        try:
-            for source in sources.values():
-                self._client.script_load(source)
-        except Exception as exc:  # noqa: BLE001
-            self._connection_failed(calls, exc)
-            return
-        self._queue.extendleft(reversed(calls))  # first again, in their order
+        self._loaded.update(loading)
+        return results[len(loading):]
 
     def _connection_failed(self, batch: List[_Call], exc: BaseException) -> None:
-        if isinstance(exc, redis.ResponseError):  # Redis answered: not the connection
-            for call in batch:
+        if isinstance(exc, redis.ResponseError) and \
+                not isinstance(exc, redis.exceptions.ReadOnlyError):
+            for call in batch:  # Redis answered: not the connection
                 self._finish(call, None, CommandFailed(str(exc)))
             return
         self.failures += 1
+        self._loaded.clear()  # a new connection may meet a Redis that restarted empty
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         try:
             self._client.connection_pool.disconnect()  # only the flusher uses it
         except Exception:  # noqa: BLE001 - closing a dead socket
             pass
-        error = LinkDown(reason)
-        queued = list(self._queue)  # they would meet the same dead Redis: fail them now
-        self._queue.clear()
-        for call in batch + queued:
-            self._finish(call, None, error)
+        # What is queued would meet the same dead Redis: fail it now.
+        self._fail_queued(batch, LinkDown(reason))
         self._on_down(reason)
+
+    def _fail_queued(self, batch: List[_Call], error: LinkError, only_batch: bool = False
+                     ) -> None:
+        calls = list(batch)
+        while self._queue and not only_batch:  # popleft: safe against threads appending
+            calls.append(self._queue.popleft())
+        for call in calls:
+            self._finish(call, None, error)
 
     @staticmethod
     def _finish(call: _Call, results: Optional[List[Any]], error: Optional[LinkError]

@@ -1,0 +1,1 @@
+"""What must reach other processes (Redis); never imports server/ or the extension."""

@@ -1,0 +1,1 @@
+"""The pure core: computes and never waits; imports neither Flask, gevent nor redis."""

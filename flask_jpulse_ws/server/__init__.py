@@ -1,0 +1,1 @@
+"""One process's sockets: the upgrade, namespaces, connections, health, presence."""
