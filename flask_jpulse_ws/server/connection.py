@@ -269,6 +269,11 @@ class Connection:
         """Start the close handshake; the socket is cut if the peer does not answer."""
         self._out.close(code, reason)
 
+    def expire(self) -> None:
+        """Tell the client its session is over, then close 4401 (logout, re-validation)."""
+        self.send_raw_json(envelope.encode_error("Session expired", ErrorCode.SESSION_EXPIRED))
+        self.close(CloseCode.UNAUTHORIZED, "Session expired")
+
     def terminate(self, code: Optional[int] = CloseCode.SERVER_ERROR, reason: str = "") -> None:
         """Best-effort close frame (none for ``code=None``), then cut the TCP connection."""
         self._out.terminate(code, reason)

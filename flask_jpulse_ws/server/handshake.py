@@ -196,7 +196,7 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
         welcome["presence"] = True  # the client loads the member list after the welcome
     position = None
     if template.history_size:
-        position = state.history.position(ns.path, template.history_ttl)
+        position = state.backend.history.position(ns.path, template.history_ttl)
         if position is not None:
             welcome["epoch"], welcome["offset"] = position
     conn.send_raw_json(envelope.encode_success({"type": "connected", "data": welcome},
@@ -214,7 +214,7 @@ def _replay(state: AppState, conn: Connection, since: Optional[Position],
     if since is None:
         return position
     ns = conn.namespace
-    missed = state.history.since(ns.path, since, ns.template.history_ttl)
+    missed = state.backend.history.since(ns.path, since, ns.template.history_ttl)
     if missed is None:  # another epoch, or older than the history: never a partial replay
         conn.send_raw_json(envelope.encode_framework(
             "_recovered", {"recovered": False, "count": 0}))

@@ -39,6 +39,7 @@ from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
+    from .fanout import Fanout
 
 __all__ = ["NamespaceTemplate", "Namespace", "Registry"]
 
@@ -61,19 +62,10 @@ class AppServices(Protocol):
     activity: ActivityLog
     registry: Registry
 
+    fanout: Fanout
+
     @property
     def presence(self) -> Any: ...
-
-    def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int: ...
-
-    def send_to_client(self, path: str, client_id: str, data: Dict[str, Any],
-                       ctx: Any = None) -> bool: ...
-
-    def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
-                ctx: Any = None) -> Dict[str, Any]: ...
-
-    def remove_namespace(self, path: str, remove_if_empty: bool = False,
-                         _relay: bool = True) -> bool: ...
 
 
 class NamespaceTemplate:
@@ -244,10 +236,10 @@ class Namespace:
 
     def broadcast(self, data: Dict[str, Any], ctx: Any = None) -> int:
         """Send to every client of this path on every process; returns local count."""
-        return self.state.broadcast(self.path, data, ctx)
+        return self.state.fanout.broadcast(self.path, data, ctx)
 
     def send_to_client(self, client_id: str, data: Dict[str, Any], ctx: Any = None) -> bool:
-        return self.state.send_to_client(self.path, client_id, data, ctx)
+        return self.state.fanout.send_to_client(self.path, client_id, data, ctx)
 
     def request(self, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
                 ctx: Any = None) -> Dict[str, Any]:
@@ -256,7 +248,7 @@ class Namespace:
 
         Codes: ``NOT_CONNECTED``, ``REQUEST_TIMEOUT``, ``CONNECTION_LOST``.
         """
-        return self.state.request(self.path, client_id, data, timeout, ctx)
+        return self.state.fanout.request(self.path, client_id, data, timeout, ctx)
 
     def get_stats(self) -> Dict[str, Any]:
         s = self.state.settings
@@ -266,7 +258,7 @@ class Namespace:
 
     def remove_if_empty(self) -> bool:
         """Remove this namespace if it has no clients; True when it was removed."""
-        return self.state.remove_namespace(self.path, remove_if_empty=True)
+        return self.state.fanout.remove_namespace(self.path, remove_if_empty=True)
 
     def presence(self) -> List[Dict[str, Any]]:
         """Members on every process: ``clientId``, ``username``, ``connectedAt``, ``info``."""
