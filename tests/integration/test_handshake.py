@@ -68,6 +68,14 @@ def test_unknown_path_closes_4404(server):
     assert connect(server, "/api/1/ws/nothing-here").wait_closed() == 4404
 
 
+def test_refusals_are_counted_by_close_code(server):
+    """Each connection refused during admission is counted under its close code."""
+    before = server.http().get("/_test/stats")["rejections"].get("4404", 0)
+    for _ in range(3):
+        assert connect(server, "/api/1/ws/nothing-here").wait_closed() == 4404
+    assert server.http().get("/_test/stats")["rejections"]["4404"] == before + 3
+
+
 def test_trailing_slash_is_a_different_path(server):
     assert connect(server, "/api/1/ws/echo/").wait_closed() == 4404
 
