@@ -72,7 +72,7 @@ def serve(state: AppState) -> Any:
     try:
         _upgraded(state, environ, sock, ip, ctx, token)
     except Exception:
-        state.server_errors += 1
+        state.counters.server_errors += 1
         log.exception("WebSocket connection to %s failed after the upgrade",
                       environ.get("PATH_INFO"))
     return _ended(mode)
@@ -186,7 +186,7 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
     if template.history_size:
         conn.hold()  # live frames wait while the position and any replay are read
     ns.add(conn)
-    state.total_connections += 1
+    state.counters.connections += 1
     now = time.time()
     ns.stats.touch(now)
     state.activity.add(now, ns.path, "connected", conn.ctx.username)

@@ -34,7 +34,7 @@ from ..core import envelope
 from ..core.history import DEFAULT_TTL
 from ..core.limits import Limits
 from ..core.paths import PathPattern, decode_path, is_pattern, validate_path
-from ..core.stats import ActivityLog, NamespaceStats
+from ..core.stats import ActivityLog, AppCounters, NamespaceStats
 from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,8 +57,7 @@ class AppServices(Protocol):
 
     app: Flask
     settings: Settings
-    total_messages: int
-    total_dropped: int
+    counters: AppCounters
     activity: ActivityLog
     registry: Registry
 
@@ -200,7 +199,7 @@ class Namespace:
 
     def drop(self, reason: str) -> None:
         self.stats.drop(reason)
-        self.state.total_dropped += 1
+        self.state.counters.dropped += 1
 
     def count_sent(self, deliveries: int, now: float) -> None:
         """Count deliveries without an activity-log entry (the dashboard's own pushes)."""
@@ -214,7 +213,7 @@ class Namespace:
                     text: Union[None, str, bytes] = None) -> None:
         now = time.time()
         self.stats.message(now, deliveries)
-        self.state.total_messages += 1
+        self.state.counters.messages += 1
         self.state.activity.add(now, self.path, "sent", username, msg_type, text)
 
     # --- sending

@@ -67,7 +67,7 @@ def handle_message(conn: Connection, payload: bytes) -> None:
     now = time.time()
     ns.stats.message(now)
     state = ns.state
-    state.total_messages += 1
+    state.counters.messages += 1
     state.activity.add(now, ns.path, "received", username, msg_type, payload)
     conn.enqueue(message, rid, run_handler)
 

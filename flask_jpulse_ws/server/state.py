@@ -17,7 +17,7 @@ from flask import Flask
 from ..cluster.backend import Backend, Hooks, make_backend
 from ..config import Settings
 from ..context import Context
-from ..core.stats import ActivityLog, iso
+from ..core.stats import ActivityLog, AppCounters, iso
 from . import auth, shutdown
 from .admission import Admission
 from .fanout import Fanout
@@ -42,10 +42,7 @@ class AppState:
         self.registry = Registry(self)
         self.activity = ActivityLog(settings.activity_window, settings.activity_max,
                                     settings.activity_message_chars)
-        self.total_connections = 0
-        self.total_messages = 0
-        self.total_dropped = 0
-        self.server_errors = 0  # connections ended by an unexpected exception after the 101
+        self.counters = AppCounters()
         self.admission = Admission(settings)
         self.backend = make_backend(settings, backend)
         self.health = HealthScheduler(settings, self.registry, self.backend, app,
@@ -117,13 +114,13 @@ class AppState:
         namespaces = [ns.get_stats() for ns in tuple(self.registry.live.values())]
         out = {
             "uptime": round(now - self.started_at, 3),
-            "totalConnections": self.total_connections,
+            "totalConnections": self.counters.connections,
             "openConnections": self.admission.open_connections,
-            "totalMessages": self.total_messages,
-            "totalDropped": self.total_dropped,
+            "totalMessages": self.counters.messages,
+            "totalDropped": self.counters.dropped,
             "totalNamespaces": len(namespaces),
             "refusedOrigins": self.admission.refused_origins,
-            "serverErrors": self.server_errors,
+            "serverErrors": self.counters.server_errors,
             "rejections": {str(code): n for code, n in sorted(self.admission.rejections.items())},
             "relay": self.backend.status(),
             "namespaces": namespaces,
@@ -142,6 +139,6 @@ class AppState:
             "instanceId": self.backend.host_id, "pid": os.getpid(),
             "host": socket.gethostname(), "started": iso(self.started_at),
             "updated": iso(time.time()), "connections": self.admission.open_connections,
-            "totalMessages": self.total_messages, "degraded": self.backend.degraded,
+            "totalMessages": self.counters.messages, "degraded": self.backend.degraded,
             "namespaces": [{"path": p, "clients": n} for p, n in live if n][:1000],
         }
