@@ -314,12 +314,6 @@ class Registry:
         else:
             self.patterns.append(template)
 
-    def remove_template(self, template: NamespaceTemplate) -> None:
-        if self.literals.get(template.path) is template:
-            del self.literals[template.path]
-        elif template in self.patterns:
-            self.patterns.remove(template)
-
     def match_raw(self, raw_path: str) -> Optional[Tuple[NamespaceTemplate, str, Dict[str, str]]]:
         """(template, concrete decoded path, params) for a raw request path."""
         decoded = decode_path(raw_path)
