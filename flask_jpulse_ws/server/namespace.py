@@ -33,7 +33,7 @@ from ..config import Settings
 from ..core import envelope
 from ..core.history import DEFAULT_TTL
 from ..core.limits import Limits
-from ..core.paths import PathPattern, decode_path, is_pattern, validate_path
+from ..core.paths import PathPattern, decode_path, is_pattern, validate_template
 from ..core.stats import ActivityLog, AppCounters, NamespaceStats
 from ..errors import CloseCode
 
@@ -80,7 +80,7 @@ class NamespaceTemplate:
                  message_limits: Optional[Dict[str, int]] = None,
                  history_size: int = 0, history_ttl: float = 0,
                  presence: bool = False) -> None:
-        self.path = validate_path(path)
+        self.path = validate_template(path)
         self.pattern: Optional[PathPattern] = PathPattern(path) if is_pattern(path) else None
         if isinstance(require_roles, str):
             require_roles = (require_roles,)
@@ -100,6 +100,7 @@ class NamespaceTemplate:
         self._ext = ext
         self.connect_handler: Optional[Handler] = None
         self.message_handler: Optional[Handler] = None
+        self.type_handlers: Dict[str, Handler] = {}  # ``@ns.on(type)``
         self.disconnect_handler: Optional[Handler] = None
 
     def __repr__(self) -> str:
@@ -116,9 +117,32 @@ class NamespaceTemplate:
         return fn
 
     def on_message(self, fn: F) -> F:
-        """Register ``fn(conn)``, called for each accepted message (``conn.message``)."""
+        """Register ``fn(conn)``, called for each accepted message (``conn.message``)
+        whose type has no handler of its own (:meth:`on`)."""
         self.message_handler = fn
         return fn
+
+    def on(self, msg_type: str) -> Callable[[F], F]:
+        """Register ``fn(conn)`` for the messages of one type; other types still go to
+        :meth:`on_message`. Handlers of one connection run one at a time, in order::
+
+            @chat.on("say")
+            def say(conn):
+                chat.broadcast({"type": "said", "data": conn.message["data"]}, conn.ctx)
+
+        :raises ValueError: for a reserved type (``_`` first) or one already handled.
+        """
+        if not isinstance(msg_type, str) or not msg_type or msg_type.startswith("_"):
+            raise ValueError(f"@on({msg_type!r}): a message type is a non-empty string; "
+                             f"types starting with '_' are reserved for the protocol")
+
+        def register(fn: F) -> F:
+            if msg_type in self.type_handlers:
+                raise ValueError(f"{self.path} already has a handler for {msg_type!r}")
+            self.type_handlers[msg_type] = fn
+            return fn
+
+        return register
 
     def on_disconnect(self, fn: F) -> F:
         """Register ``fn(conn)``, called once after the connection has left."""

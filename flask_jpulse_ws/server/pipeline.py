@@ -73,8 +73,10 @@ def handle_message(conn: Connection, payload: bytes) -> None:
 
 
 def run_handler(conn: Connection, message: dict, rid: Optional[str]) -> None:
-    """Call the app's ``on_message`` (in an app context); answer errors and NO_REPLY."""
-    handler = conn.namespace.template.message_handler
+    """Call the app's handler for the message's type, else its ``on_message`` (in an app
+    context); answer errors and NO_REPLY."""
+    template = conn.namespace.template
+    handler = template.type_handlers.get(str(message.get("type"))) or template.message_handler
     conn.begin_message(message, rid)
     try:
         if handler is not None:

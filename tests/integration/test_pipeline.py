@@ -2,6 +2,7 @@
 
 import pytest
 
+from flask_jpulse_ws import JPulseWS
 from flask_jpulse_ws.core import frames
 from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
 
@@ -246,3 +247,23 @@ def test_a_slow_handler_does_not_delay_pongs_or_rejections(client):
     assert client.receive()["code"] == 400
     assert time.monotonic() - started < 1.0
     assert client.receive(timeout=5)["data"] == {"slept": True}
+
+
+def test_each_type_goes_to_its_own_handler_and_the_rest_to_on_message(server):
+    """``@ns.on("add")`` answers "add"; a type without a handler reaches ``on_message``."""
+    with WSTestClient(server.ws_url("/api/1/ws/typed")) as c:
+        c.receive(type="connected")
+        assert c.request({"type": "add", "data": [1, 2, 3]})["data"] == {"sum": 6}
+        assert c.request({"type": "shout", "data": "hi"})["data"] == {"text": "HI"}
+        assert c.request({"type": "other", "data": 1})["data"] == {"fallback": "other"}
+
+
+def test_reserved_or_repeated_types_are_refused_at_declaration():
+    ws = JPulseWS()
+    ns = ws.namespace("/api/1/ws/declared")
+    ns.on("say")(lambda conn: None)
+    with pytest.raises(ValueError, match="already has a handler for 'say'"):
+        ns.on("say")(lambda conn: None)
+    with pytest.raises(ValueError, match="reserved"):
+        ns.on("_ping")
+
