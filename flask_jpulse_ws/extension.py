@@ -168,6 +168,16 @@ class JPulseWS:
         """Send to one client of a concrete path; True when it is local."""
         return self._state().fanout.send_to_client(path, client_id, data, ctx)
 
+    def send_to_user(self, user_id: Any, data: Dict[str, Any], path: Optional[str] = None,
+                     ctx: Any = None) -> int:
+        """Send to every socket of one logged-in user (flask-login's ``get_id()``), in
+        every namespace or only under the concrete ``path``, on every process; returns
+        the number of this process's sockets reached::
+
+            ws.send_to_user(current_user.get_id(), {"type": "notice", "data": "Saved"})
+        """
+        return self._state().fanout.send_to_user(user_id, data, path, ctx)
+
     def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
                 ctx: Any = None) -> Dict[str, Any]:
         """Ask one client of a concrete path, on whichever process holds it; blocks the

@@ -5,7 +5,7 @@ the backend brings from them is applied here (:meth:`Fanout.apply`)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Set
 
 from ..cluster.backend import Backend
 from ..config import Settings
@@ -33,6 +33,7 @@ class Fanout:
         self.registry = registry
         self.backend = backend
         self._presence = presence
+        self._users: Dict[str, Set[Any]] = {}  # user id -> this process's sockets
 
     def find_client(self, path: str, client_id: str) -> Any:
         """The local connection ``client_id`` of ``path``, or ``None``."""
@@ -93,6 +94,46 @@ class Fanout:
         self.backend.publish("send", path=path, clientId=client_id, payload=payload,
                              type=data.get("type", ""))
         return False
+
+    def send_to_user(self, user_id: Any, data: Dict[str, Any], path: Optional[str] = None,
+                     ctx: Any = None) -> int:
+        """Every socket of one user, here first, then through the backend."""
+        if path is not None:
+            self.template_of(path)
+        wire = envelope.wire_ctx(ctx, self.settings.wire_ctx_fields)
+        payload = envelope.encode_success(data, wire)
+        n = self.deliver_to_user(str(user_id), path, payload, data.get("type", ""))
+        self.backend.publish("user", userId=str(user_id), path=path, payload=payload,
+                             type=data.get("type", ""))
+        return n
+
+    def deliver_to_user(self, user_id: str, path: Optional[str], payload: bytes,
+                        msg_type: str = "") -> int:
+        conns = [c for c in self._users.get(user_id, ()) if path is None
+                 or c.namespace.path == path]
+        if not conns:
+            return 0
+        frame = frames.text_frame(payload)
+        sent = 0
+        for conn in conns:
+            if conn.send_frame(frame):
+                conn.namespace.record_sent(msg_type, 1, "", payload)
+                sent += 1
+        return sent
+
+    def joined(self, conn: Any) -> None:
+        """A welcomed socket: indexed by its user, for :meth:`send_to_user`."""
+        if conn.ctx.user_id is not None:
+            self._users.setdefault(str(conn.ctx.user_id), set()).add(conn)
+
+    def left(self, conn: Any) -> None:
+        user_id = conn.ctx.user_id
+        if user_id is not None:
+            conns = self._users.get(str(user_id))
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self._users[str(user_id)]
 
     def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
                 ctx: Any = None) -> Dict[str, Any]:
@@ -157,6 +198,10 @@ class Fanout:
                                    _bytes(message["payload"]), str(message.get("type") or ""))
         elif op == "remove":
             self.remove_namespace(message["path"], _relay=False)
+        elif op == "user":  # to every socket of one user
+            path = message.get("path")
+            self.deliver_to_user(str(message["userId"]), str(path) if path else None,
+                                 _bytes(message["payload"]), str(message.get("type") or ""))
         elif op == "revoke":
             self.revoke_session(message.get("token"), _relay=False)
         elif op == "hbroadcast":  # a broadcast with a history position, from Redis

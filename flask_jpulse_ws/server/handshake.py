@@ -186,6 +186,7 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
     if template.history_size:
         conn.hold()  # live frames wait while the position and any replay are read
     ns.add(conn)
+    state.fanout.joined(conn)
     state.counters.connections += 1
     now = time.time()
     ns.stats.touch(now)
@@ -228,6 +229,7 @@ def _replay(state: AppState, conn: Connection, since: Optional[Position],
 
 def _leave(state: AppState, conn: Connection) -> None:
     ns = conn.namespace
+    state.fanout.left(conn)
     if ns.discard(conn) and ns.template.has_presence:
         state.presence.left(conn)
     if conn.id_claim is not None:

@@ -199,6 +199,11 @@ def create_app():
     add_faults_after_upgrade(app, ws)
     add_typed_handlers(ws)
 
+    @app.post("/_test/send-user")
+    def http_send_user():
+        body = request.get_json()
+        return jsonify(local=ws.send_to_user(body["userId"], body["data"], body.get("path")))
+
     @app.post("/_test/send")
     def http_send():
         body = request.get_json()

@@ -599,3 +599,27 @@ def test_redis_relay_refuses_unpatched_gevent():
     backend = app.extensions["jpulse_ws"].backend
     with pytest.raises(RuntimeError, match="monkey-patch"):
         gevent.spawn(backend.start).get()
+
+
+@pytest.mark.cluster
+def test_send_to_user_reaches_every_socket_of_that_user_on_every_worker(cluster):
+    """``ws.send_to_user``: all of alice's sockets, wherever they are, and nobody else;
+    with ``path``, only her sockets in that namespace."""
+    alice, bob = cluster.http(), cluster.http()
+    alice.post("/_test/login/alice")
+    bob.post("/_test/login/bob")
+    hers = open_spread(cluster, 6, headers={"Cookie": alice.cookie_header()})
+    his = open_spread(cluster, 3, headers={"Cookie": bob.cookie_header()}, workers=1)
+    try:
+        local = cluster.http().post("/_test/send-user", {
+            "userId": "alice", "data": {"type": "dm", "data": "for alice"}})["local"]
+        assert 0 <= local < len(hers)  # some are on other workers: not counted here
+        for c in hers:
+            assert c.ws.receive(type="dm")["data"]["data"] == "for alice"
+        assert all(no_more(c, "dm") for c in his)
+        cluster.http().post("/_test/send-user", {"userId": "alice", "path": "/api/1/ws/echo",
+                                                 "data": {"type": "dm", "data": "elsewhere"}})
+        assert all(no_more(c, "dm") for c in hers)  # none of hers is in /api/1/ws/echo
+    finally:
+        close_all(hers + his)
+
