@@ -37,6 +37,10 @@ class RedisBackend(Backend):
         self.requests = RemoteRequests(self.relay, self._find_client,
                                        settings.wire_ctx_fields)
 
+    def renew_host_id(self) -> None:
+        super().renew_host_id()
+        self.relay.host_id = self.host_id
+
     def bind(self, hooks: Hooks, secret: bytes) -> None:
         super().bind(hooks, secret)
         self.claims = IdClaims(self.link, self.settings.channel_prefix, secret,

@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, quote
 
 from flask import Response, request
 
+from .. import concurrency
 from ..context import Context
 from ..core import envelope, frames
 from ..core.history import Position, parse_since
@@ -53,6 +54,10 @@ def serve(state: AppState) -> Any:
     if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
         return Response("Unsupported WebSocket version\n", 426,
                         {"Sec-WebSocket-Version": "13"})
+    unfit = _server_cannot_hold_sockets(environ)
+    if unfit:
+        _log_unfit_server(unfit)
+        return Response(unfit + "\n", 500)
     allowed, expected = auth.origin_check(environ, settings.allowed_origins,
                                           settings.trusted_proxies)
     if not allowed:
@@ -256,13 +261,42 @@ def _raw_path(environ: Dict[str, Any]) -> str:
     return quote(path.encode("latin-1"), safe="/!$&'()*+,;=:@~-._")
 
 
+_FIX = ("serve with gunicorn's gevent worker: gunicorn -k gevent --worker-connections "
+        "10000 ... (production), or flask run (development)")
+
+
+def _server_cannot_hold_sockets(environ: Dict[str, Any]) -> Optional[str]:
+    """Why this server cannot hold WebSockets, or ``None`` when it can.
+
+    Each socket lives as long as its client: a server whose requests take a thread each
+    (gunicorn's sync and gthread workers) would hand its few threads to the first
+    sockets, leave every later request hanging, and be killed at its timeout.
+    """
+    if "gunicorn.socket" in environ:
+        if concurrency.using_gevent():
+            return None
+        return f"This gunicorn worker is not gevent's and cannot hold WebSockets: {_FIX}"
+    if "werkzeug.socket" in environ:
+        if concurrency.using_gevent() or environ.get("wsgi.multithread"):
+            return None
+        return f"This development server runs without threads: {_FIX}"
+    return f"This server does not hand over its sockets: {_FIX}"
+
+
+_unfit_logged = False
+
+
+def _log_unfit_server(reason: str) -> None:
+    global _unfit_logged
+    if not _unfit_logged:  # once per process: every upgrade request would repeat it
+        _unfit_logged = True
+        log.error("refusing WebSocket upgrades (HTTP 500): %s", reason)
+
+
 def _take_socket(environ: Dict[str, Any]) -> Tuple[Any, str]:
     if "gunicorn.socket" in environ:
         return environ["gunicorn.socket"], "gunicorn"
-    if "werkzeug.socket" in environ:
-        return environ["werkzeug.socket"], "werkzeug"
-    raise RuntimeError("This server does not hand over its sockets: run under "
-                       "gunicorn -k gevent (production) or flask run (development)")
+    return environ["werkzeug.socket"], "werkzeug"
 
 
 def _close_rejected(sock: Any, code: int, reason: str, timeout: float) -> None:
