@@ -13,7 +13,7 @@ from markupsafe import Markup
 from . import config
 from .cluster.backend import Backend
 from .context import Context
-from .server import auth
+from .server import auth, cli
 from .server.handshake import serve
 from .server.namespace import Namespace, NamespaceTemplate, OnCreate
 from .server.state import AppState
@@ -74,6 +74,8 @@ class JPulseWS:
         self._states.append(state)
         app.register_blueprint(self._blueprint(state))
         app.add_template_global(jpulse_ws_script, "jpulse_ws_script")
+        if "jpulse-ws" not in app.cli.commands:
+            app.cli.add_command(cli.commands)  # flask jpulse-ws ...
         self._connect_login_signals(app)
 
     def _blueprint(self, state: AppState) -> Blueprint:
