@@ -62,9 +62,12 @@ def serve(state: AppState) -> Any:
                                           settings.trusted_proxies)
     if not allowed:
         state.admission.refused_origins += 1
-        log.warning("refused WebSocket upgrade from origin %r to %s: expected %s "
-                    "(set JPULSE_WS_ALLOWED_ORIGINS to allow it)",
-                    environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none")
+        log.warning("refused WebSocket upgrade from origin %r to %s: expected %s, from "
+                    "Host %r and X-Forwarded-Host %r (behind a proxy: pass the Host header "
+                    "with its port, e.g. nginx's $http_host, and set "
+                    "JPULSE_WS_TRUSTED_PROXIES; another site: JPULSE_WS_ALLOWED_ORIGINS)",
+                    environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none",
+                    environ.get("HTTP_HOST"), environ.get("HTTP_X_FORWARDED_HOST"))
         return Response("Origin not allowed\n", 403)
     sock, mode = _take_socket(environ)
     ip = auth.client_ip(environ, settings.trusted_proxies)

@@ -38,6 +38,9 @@ def test_foreign_origin_gets_403_before_the_upgrade_and_a_log_line(server):
         connect(server, "/api/1/ws/echo", headers={"Origin": "http://evil.example"})
     assert err.value.status == 403
     assert f"expected http://127.0.0.1:{server.port}" in server.log()
+    # The log line shows what the expectation came from, and the proxy fix.
+    assert f"from Host '127.0.0.1:{server.port}' and X-Forwarded-Host None" in server.log()
+    assert "$http_host" in server.log()
 
 
 def test_same_origin_and_no_origin_are_allowed(server):
