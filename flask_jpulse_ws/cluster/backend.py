@@ -23,6 +23,7 @@ from ..config import Settings
 from ..core.history import MemoryHistory
 from ..errors import ErrorCode
 from .relay import merge_instances, new_host_id
+from .revocations import Revocations
 
 __all__ = ["Backend", "Hooks", "LocalClaims", "make_backend"]
 
@@ -83,6 +84,7 @@ class Backend:
         _backends.add(self)
         self.history: Any = MemoryHistory(settings.max_namespaces)
         self.claims: Any = LocalClaims()
+        self.revocations: Any = Revocations()
         self._hooks: Optional[Hooks] = None
 
     def renew_host_id(self) -> None:

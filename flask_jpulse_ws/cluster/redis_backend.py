@@ -16,6 +16,7 @@ from .id_claims import IdClaims
 from .redis_history import RedisHistory
 from .redis_relay import RedisRelay
 from .remote_request import RemoteRequests
+from .revocations import RedisRevocations
 
 __all__ = ["RedisBackend"]
 
@@ -45,6 +46,8 @@ class RedisBackend(Backend):
         super().bind(hooks, secret)
         self.claims = IdClaims(self.link, self.settings.channel_prefix, secret,
                                self.available)
+        self.revocations = RedisRevocations(self.link, self.settings.channel_prefix,
+                                            self.available)
 
     # ------------------------------------------------------------------ the calls
     @property

@@ -28,8 +28,9 @@ class Fanout:
     """
 
     def __init__(self, settings: Settings, registry: Registry, backend: Backend,
-                 presence: Callable[[], Any]) -> None:
+                 presence: Callable[[], Any], session_lifetime: float = 31 * 86400) -> None:
         self.settings = settings
+        self.session_lifetime = session_lifetime  # how long a revoked token is refused
         self.registry = registry
         self.backend = backend
         self._presence = presence
@@ -178,6 +179,7 @@ class Fanout:
         """Close every socket opened with this browser login session (4401)."""
         if not isinstance(token, str) or not token:
             return 0  # anonymous sockets have no token: "no token" must match nobody
+        self.backend.revocations.revoke(token, self.session_lifetime)
         n = 0
         for conn in list(self.registry.connections()):
             if conn.session_token == token:

@@ -2,7 +2,8 @@
 connection's life, and the WSGI ending each server needs.
 
 Order (protocol.md section 2): origin (HTTP 403, before the upgrade) -> caps
-(4529) -> namespace (4404) -> public access -> login (4401) -> roles (4403) ->
+(4529) -> namespace (4404) -> a logged-out session (4401) -> public access -> login
+(4401) -> roles (4403) ->
 ``on_create`` -> client id and the duplicate rule (4409) -> welcome -> on_connect.
 """
 
@@ -131,6 +132,8 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
     template, path, params = match
     ctx.params = dict(params)
     ctx.namespace = path
+    if token is not None and state.backend.revocations.is_revoked(token):
+        raise Rejected(CloseCode.UNAUTHORIZED, "Session expired")  # logged out: a replay
     if settings.public_access and is_whitelisted(path, settings.public_whitelist):
         ctx.is_public = not ctx.has_any_role(settings.admin_roles)
     else:

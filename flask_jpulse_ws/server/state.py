@@ -47,7 +47,8 @@ class AppState:
         self.backend = make_backend(settings, backend)
         self.health = HealthScheduler(settings, self.registry, self.backend, app,
                                       self.sweep_namespaces)
-        self.fanout = Fanout(settings, self.registry, self.backend, lambda: self.presence)
+        self.fanout = Fanout(settings, self.registry, self.backend, lambda: self.presence,
+                             app.permanent_session_lifetime.total_seconds())
         secret = app.secret_key or settings.channel_prefix
         self.backend.bind(Hooks(apply=self.fanout.apply, resync_all=self.fanout.resync_all,
                                 stats_row=self.instance_stats,

@@ -628,3 +628,28 @@ def test_send_to_user_reaches_every_socket_of_that_user_on_every_worker(cluster)
     finally:
         close_all(hers + his)
 
+
+
+@pytest.mark.cluster
+def test_a_logged_out_session_is_refused_on_every_worker_and_by_later_ones(cluster,
+                                                                           redis_server):
+    """Logout on one worker: a replay of the session's cookie is refused 4401 by every
+    worker, and by a server started afterwards (it learns it from Redis)."""
+    http = cluster.http()
+    http.post("/_test/login/alice")
+    stolen = {"Cookie": http.cookie_header()}
+    http.post("/_test/logout")
+    with ThreadPoolExecutor(6) as pool:  # in parallel: the replays land on every worker
+        codes = list(pool.map(lambda _: WSTestClient(cluster.ws_url(NS), headers=stolen)
+                              .wait_closed(), range(6)))
+    assert codes == [4401] * 6
+    later = start_cluster(redis_server.url)
+    try:
+        assert WSTestClient(later.ws_url(NS), headers=stolen).wait_closed() == 4401
+        fresh = later.http()
+        fresh.post("/_test/login/alice")
+        c = WSTestClient(later.ws_url(NS), headers={"Cookie": fresh.cookie_header()})
+        assert c.receive(type="connected")
+        c.close()
+    finally:
+        later.stop()
