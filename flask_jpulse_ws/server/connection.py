@@ -327,10 +327,17 @@ class Connection:
         try:
             events = self._decoder.feed(data)
         except frames.ProtocolError as exc:
-            self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
-            self.close(exc.code, exc.reason)
-            self._drain_until_closed()
+            # What came whole before the bad frame is handled first (RFC 6455: the
+            # connection fails at the bad frame, not before it).
+            if self._handle(exc.events):
+                self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
+                self.close(exc.code, exc.reason)
+                self._drain_until_closed()
             return False
+        return self._handle(events)
+
+    def _handle(self, events: List[Tuple[int, bytes]]) -> bool:
+        """Act on decoded events; False once the peer's close frame came."""
         for opcode, payload in events:
             if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
                 if not self._out.closed:  # after our close frame, data is ignored

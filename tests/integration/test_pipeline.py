@@ -267,3 +267,16 @@ def test_reserved_or_repeated_types_are_refused_at_declaration():
     with pytest.raises(ValueError, match="reserved"):
         ns.on("_ping")
 
+
+
+def test_a_message_before_a_bad_frame_in_the_same_write_is_still_handled(server):
+    """RFC 6455 fails the connection at the bad frame: what came whole before it counts
+    (0.1.0 dropped it with the rest of the read)."""
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as c:
+        c.receive(type="connected")
+        good = frames.encode_frame(frames.OP_TEXT, b'{"type": "whoami", "requestId": "r1"}',
+                                   mask=True)
+        bad = frames.encode_frame(0x3, b"", mask=True)  # a reserved opcode
+        c.sock.sendall(good + bad)
+        assert c.receive()["requestId"] == "r1"
+        assert c.wait_closed() == 1002
