@@ -291,10 +291,23 @@ class Connection:
         self._out.answer_close(code, echo)
 
     def _drain_until_closed(self) -> None:
-        # After our close frame: discard input until the peer's close or the cut.
+        """After failing the connection (our close frame is out or queued): read on until
+        the peer's close frame, then end at once (the close handshake is done), or until
+        the close timeout cuts the socket. What follows a bad frame may be the rest of
+        it: a read that does not decode is skipped, and the next is decoded afresh."""
         try:
-            while self.sock.recv(_RECV_BYTES):
-                pass
+            while True:
+                data = self.sock.recv(_RECV_BYTES)
+                if not data:
+                    return
+                try:
+                    events = frames.FrameDecoder(_RECV_BYTES).feed(data)
+                except frames.ProtocolError as exc:
+                    events = exc.events
+                for opcode, payload in events:
+                    if opcode == frames.OP_CLOSE:
+                        self._peer_closed(payload)
+                        return
         except OSError:
             pass
 

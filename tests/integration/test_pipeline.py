@@ -1,5 +1,7 @@
 """The inbound pipeline: every error code, limits, ordering, and 1007/1008/1009."""
 
+import time
+
 import pytest
 
 from flask_jpulse_ws import JPulseWS
@@ -280,3 +282,24 @@ def test_a_message_before_a_bad_frame_in_the_same_write_is_still_handled(server)
         c.sock.sendall(good + bad)
         assert c.receive()["requestId"] == "r1"
         assert c.wait_closed() == 1002
+
+
+def test_after_failing_a_connection_the_peers_close_ends_it_at_once(make_server):
+    """RFC 6455 7.1.1: once both close frames have passed, TCP goes. The server used to
+    hold a failed socket (and its task) for the whole close timeout, reading nothing."""
+    srv = make_server(settings={"JPULSE_WS_CLOSE_TIMEOUT": 10})
+    c = WSTestClient(srv.ws_url("/api/1/ws/echo"))
+    c.receive(type="connected")
+    c.sock.sendall(frames.encode_frame(0x3, b"", mask=True))  # a reserved opcode
+    decoder, events = frames.FrameDecoder(1 << 16, expect_mask=False), []
+    while not any(op == frames.OP_CLOSE for op, _ in events):
+        events += decoder.feed(c.sock.recv(4096))
+    [close] = [p for op, p in events if op == frames.OP_CLOSE]
+    assert frames.parse_close(close)[0] == 1002
+    started = time.monotonic()
+    c.sock.sendall(frames.close_frame(1002, mask=True))
+    c.sock.settimeout(15)
+    while c.sock.recv(4096):
+        pass
+    assert time.monotonic() - started < 3  # not the 10 s close timeout
+    c.sock.close()
