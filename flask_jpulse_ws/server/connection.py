@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tu
 from .. import concurrency
 from ..context import Context
 from ..core import envelope, frames
-from ..core.limits import AbuseCounter, RateWindow
+from ..core.limits import AbuseCounter, PingBudget, RateWindow
 from ..errors import CloseCode, ErrorCode
 from .outbound import Outbound
 
@@ -101,6 +101,7 @@ class Connection:
         # Limits and request/reply state, created on first use to keep idle sockets small.
         self._rate: Optional[RateWindow] = None
         self._abuse: Optional[AbuseCounter] = None
+        self._pings: Optional[PingBudget] = None
         self._pending: Optional[Dict[str, concurrency.AsyncResult]] = None
         self._request_id: Optional[str] = None
         self._replied = False
@@ -251,6 +252,18 @@ class Connection:
             self._rate = RateWindow(self.namespace.limits)
         return self._rate
 
+    def ping_allowed(self, now: float) -> bool:
+        """A protocol ping or a ``_ping`` within the budget; past it, not answered, and
+        counted as a dropped message and as abuse (1008 at the threshold)."""
+        if self._pings is None:
+            self._pings = PingBudget()
+        if self._pings.allow(now):
+            return True
+        self._on_drop("rateLimit")
+        if self.abuse(now):
+            self.close(CloseCode.POLICY_VIOLATION, "Too many pings")
+        return False
+
     def abuse(self, now: float) -> bool:
         """Count a violation; True once the connection should be closed 1008."""
         if self._abuse is None:
@@ -358,7 +371,8 @@ class Connection:
             elif opcode == frames.OP_PONG:
                 self.ping_sent_at = None
             elif opcode == frames.OP_PING:
-                self.send_frame(frames.encode_frame(frames.OP_PONG, payload))
+                if self.ping_allowed(concurrency.monotonic()):
+                    self.send_frame(frames.encode_frame(frames.OP_PONG, payload))
             elif opcode == frames.OP_CLOSE:
                 self._peer_closed(payload)
                 return False

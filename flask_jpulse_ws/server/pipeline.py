@@ -42,7 +42,8 @@ def handle_message(conn: Connection, payload: bytes) -> None:
         _reject(conn, exc.reason, exc.message, exc.code, exc.details, rid, payload)
         return
     if msg_type == "_ping":  # framework heartbeat: answered, never counted as a message
-        conn.send_raw_json(envelope.encode_framework("_pong", {"t": message.get("t")}))
+        if conn.ping_allowed(concurrency.monotonic()):  # unless it is a flood
+            conn.send_raw_json(envelope.encode_framework("_pong", {"t": message.get("t")}))
         return
     decision = conn.rate().check(concurrency.monotonic(), rid is not None)
     if not decision.allowed:

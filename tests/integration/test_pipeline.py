@@ -303,3 +303,23 @@ def test_after_failing_a_connection_the_peers_close_ends_it_at_once(make_server)
         pass
     assert time.monotonic() - started < 3  # not the 10 s close timeout
     c.sock.close()
+
+
+def test_a_ping_flood_is_not_answered_and_ends_in_1008(client):
+    """Protocol pings and _ping messages share a budget (20 at once, 5 a second); the
+    excess is dropped unanswered and counts as abuse: one socket no longer holds a worker
+    at full CPU answering pings."""
+    flood = frames.encode_frame(frames.OP_PING, b"p", mask=True) * 60
+    flood += frames.encode_frame(frames.OP_TEXT, b'{"type": "_ping", "t": 1}', mask=True) * 60
+    client.sock.sendall(flood)
+    decoder, pongs, code = frames.FrameDecoder(1 << 16, expect_mask=False), 0, None
+    client.sock.settimeout(10)
+    while code is None:
+        data = client.sock.recv(65536)
+        assert data, "closed without a close frame"
+        for op, payload in decoder.feed(data):
+            if op == frames.OP_PONG or (op == frames.OP_TEXT and b'"_pong"' in payload):
+                pongs += 1
+            elif op == frames.OP_CLOSE:
+                code = frames.parse_close(payload)[0]
+    assert code == 1008 and pongs <= 21  # the burst, and what 5 a second adds meanwhile
