@@ -9,13 +9,21 @@ PORT ?= 5000
 
 .PHONY: run test test-fast lint typecheck docs bench clean
 
+# `make run` installs only what the demo needs (a quick first start); `make test` the rest.
+RUN_STAMP := $(VENV)/.run-installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
+
+$(RUN_STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e ".[demo]"
+	rm -f $(VENV)/.run-installed-* && touch $(RUN_STAMP)
+
 $(STAMP): setup.py requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e . -r requirements-dev.txt
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/gunicorn -k gevent -w 1 --worker-connections 10000 -b $(HOST):$(PORT) \
 		--graceful-timeout 2 'example_app:create_app()'
 

@@ -32,6 +32,8 @@ setup(
     extras_require={
         # gunicorn's gevent worker needs "packaging", which only this extra installs.
         "gunicorn": ["gunicorn[gevent]>=22"],
+        # what `make run` installs for the demo (example_app/), and nothing more
+        "demo": ["gunicorn[gevent]>=22", "flask-sqlalchemy>=3.1"],
     },
     classifiers=[
         "Framework :: Flask",

@@ -8,6 +8,7 @@ is made once, at first use, from whether ``socket`` is monkey-patched.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import ssl
 import sys
@@ -22,6 +23,15 @@ __all__ = ["using_gevent", "spawn", "spawn_later", "every", "sleep", "Event", "L
 _gevent: Optional[bool] = None
 _gevent_module: Any = None
 monotonic = time.monotonic
+
+
+def _forget_after_fork() -> None:
+    global _gevent
+    _gevent = None  # gunicorn --preload: the worker patches socket after the fork
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def using_gevent() -> bool:

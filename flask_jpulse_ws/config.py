@@ -6,10 +6,12 @@ Settings are read once in ``init_app`` into a frozen :class:`Settings`; changing
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
-__all__ = ["Settings", "DEFAULTS", "load"]
+__all__ = ["Settings", "DEFAULTS", "load", "UnknownSettingWarning"]
 
 #: Seconds between protocol pings; under 60 keeps idle proxies from cutting the socket.
 PING_INTERVAL = 30.0
@@ -118,28 +120,103 @@ class Settings:
 DEFAULTS = {"JPULSE_WS_" + f.name.upper(): f.default for f in fields(Settings)}
 
 _TUPLE_FIELDS = {"public_whitelist", "wire_ctx_fields", "admin_roles"}
+_OPTIONAL_TEXT_FIELDS = {"redis_url"}
+_POSITIVE_FIELDS = ("ping_interval", "pong_timeout", "max_message_size", "rate_interval",
+                    "rate_max_messages", "max_frame_size", "max_queue_bytes",
+                    "max_namespaces", "presence_ttl", "presence_batch")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
 
 
 def load(config: Mapping[str, Any]) -> Settings:
     """Build :class:`Settings` from a Flask config mapping, validating as it goes.
 
+    Values may come from environment strings (``JPULSE_WS_PING_INTERVAL="30"``,
+    ``JPULSE_WS_ADMIN_ROLES="admin,ops"``): each is converted to its setting's type, and
+    an error names the key and the type it expects. An unknown ``JPULSE_WS_*`` key (a
+    typo) gets a warning naming the closest known one.
+
     :param config: ``app.config`` (after ``setdefault`` of :data:`DEFAULTS`).
     """
+    _warn_unknown(config)
     values = {}
     for f in fields(Settings):
-        value = config.get("JPULSE_WS_" + f.name.upper(), f.default)
-        if f.name in _TUPLE_FIELDS:
-            value = tuple(value or ())
-        elif f.name == "allowed_origins" and value not in (None, "*"):
-            if isinstance(value, str):
-                value = (value,)
-            value = tuple(o.rstrip("/").lower() for o in value)
-        values[f.name] = value
+        key = "JPULSE_WS_" + f.name.upper()
+        values[f.name] = _convert(key, f.name, config.get(key, f.default), f.default)
     settings = Settings(**values)
-    for name in ("ping_interval", "pong_timeout", "max_message_size", "rate_interval",
-                 "rate_max_messages", "max_frame_size", "max_queue_bytes", "max_namespaces",
-                 "presence_ttl", "presence_batch"):
+    for name in _POSITIVE_FIELDS:
         if getattr(settings, name) <= 0:
             raise ValueError(f"JPULSE_WS_{name.upper()} must be positive, "
                              f"got {getattr(settings, name)!r}")
     return settings
+
+
+def _convert(key: str, name: str, value: Any, default: Any) -> Any:
+    if name in _TUPLE_FIELDS:
+        return _text_list(key, value)
+    if name == "allowed_origins":
+        if value is None or value == "*":
+            return value
+        return tuple(o.rstrip("/").lower() for o in _text_list(key, value))
+    if name in _OPTIONAL_TEXT_FIELDS:
+        if value is None or value == "":
+            return None
+        return _text(key, value)
+    if isinstance(default, bool):
+        return _boolean(key, value)
+    if isinstance(default, int):
+        return _number(key, value, int, "a whole number")
+    if isinstance(default, float):
+        return _number(key, value, float, "a number")
+    return _text(key, value)
+
+
+def _boolean(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise TypeError(f"{key} must be true or false (or 1/0, yes/no, on/off), got {value!r}")
+
+
+def _number(key: str, value: Any, kind: type, what: str) -> Any:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float else int(value.strip())
+        except ValueError:
+            raise TypeError(f"{key} must be {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise TypeError(f"{key} must be {what}, got {value!r}")
+    return kind(value)
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def _text_list(key: str, value: Any) -> Tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):  # from the environment: comma-separated
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, (list, tuple, set, frozenset)) and \
+            all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"{key} must be a list of strings (or one comma-separated string), "
+                    f"got {value!r}")
+
+
+def _warn_unknown(config: Mapping[str, Any]) -> None:
+    for key in config:
+        if isinstance(key, str) and key.startswith("JPULSE_WS_") and key not in DEFAULTS:
+            close = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.6)
+            hint = f": did you mean {close[0]}?" if close else ""
+            warnings.warn(f"unknown setting {key} is ignored{hint}", UnknownSettingWarning,
+                          stacklevel=3)
+
+
+class UnknownSettingWarning(UserWarning):
+    """A ``JPULSE_WS_*`` key in the app's config that no setting reads (a typo?)."""

@@ -13,7 +13,7 @@ from markupsafe import Markup
 from . import config
 from .cluster.backend import Backend
 from .context import Context
-from .server import auth
+from .server import auth, cli
 from .server.handshake import serve
 from .server.namespace import Namespace, NamespaceTemplate, OnCreate
 from .server.state import AppState
@@ -74,6 +74,8 @@ class JPulseWS:
         self._states.append(state)
         app.register_blueprint(self._blueprint(state))
         app.add_template_global(jpulse_ws_script, "jpulse_ws_script")
+        if "jpulse-ws" not in app.cli.commands:
+            app.cli.add_command(cli.commands)  # flask jpulse-ws ...
         self._connect_login_signals(app)
 
     def _blueprint(self, state: AppState) -> Blueprint:
@@ -97,7 +99,7 @@ class JPulseWS:
         def revoke(sender: Any, **_kw: Any) -> None:
             token = session.pop(auth.SESSION_TOKEN_KEY, None)
             if token:
-                sender.extensions[EXTENSION_KEY].revoke_session(token)
+                sender.extensions[EXTENSION_KEY].fanout.revoke_session(token)
 
         user_logged_out.connect(revoke, app, weak=False)
 
@@ -156,24 +158,34 @@ class JPulseWS:
 
     def remove_namespace(self, path: str, remove_if_empty: bool = False) -> bool:
         """Remove a live namespace; forced removal closes its clients 4404."""
-        return self._state().remove_namespace(path, remove_if_empty)
+        return self._state().fanout.remove_namespace(path, remove_if_empty)
 
     # ---------------------------------------------------------------- sending
     def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int:
         """Send ``{type, data}`` to every client of a concrete path, on every process."""
-        return self._state().broadcast(path, data, ctx)
+        return self._state().fanout.broadcast(path, data, ctx)
 
     def send_to_client(self, path: str, client_id: str, data: Dict[str, Any],
                        ctx: Any = None) -> bool:
         """Send to one client of a concrete path; True when it is local."""
-        return self._state().send_to_client(path, client_id, data, ctx)
+        return self._state().fanout.send_to_client(path, client_id, data, ctx)
+
+    def send_to_user(self, user_id: Any, data: Dict[str, Any], path: Optional[str] = None,
+                     ctx: Any = None) -> int:
+        """Send to every socket of one logged-in user (flask-login's ``get_id()``), in
+        every namespace or only under the concrete ``path``, on every process; returns
+        the number of this process's sockets reached::
+
+            ws.send_to_user(current_user.get_id(), {"type": "notice", "data": "Saved"})
+        """
+        return self._state().fanout.send_to_user(user_id, data, path, ctx)
 
     def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
                 ctx: Any = None) -> Dict[str, Any]:
         """Ask one client of a concrete path, on whichever process holds it; blocks the
         calling greenlet. Returns the reply frame or an error dict (never raises):
         ``NOT_CONNECTED``, ``REQUEST_TIMEOUT`` or ``CONNECTION_LOST``."""
-        return self._state().request(path, client_id, data, timeout, ctx)
+        return self._state().fanout.request(path, client_id, data, timeout, ctx)
 
     def broadcast_context(self, request: Any = None) -> Context:
         """The context of the HTTP caller, for broadcasts made from REST handlers."""

@@ -32,7 +32,7 @@ import orjson
 from .core import frames
 
 __all__ = ["WSTestClient", "HandshakeRefused", "ConnectionClosedError", "live_server",
-           "LiveServer", "HTTPSession", "HTTPResponse"]
+           "LiveServer", "LiveSession", "HTTPSession", "HTTPResponse"]
 
 
 class HandshakeRefused(Exception):  # noqa: N818 - public name, kept
@@ -298,8 +298,17 @@ class HTTPSession:
         return {c.name: c.value for c in self.jar if c.value is not None}
 
 
-class LiveServer:
-    """What :func:`live_server` yields: the running app's addresses and an HTTP session."""
+class LiveSession:
+    """One browser session against a :func:`live_server`: its own cookies, its own
+    logins, its own WebSocket clients. ``server.session()`` makes more of them, so a test
+    can have two users::
+
+        with live_server(create_app()) as server:
+            ann = server.session(login=("/login", {"username": "ann"}))
+            bob = server.session(login=("/login", {"username": "bob"}))
+            with ann.client("/api/1/ws/chat") as a, bob.client("/api/1/ws/chat") as b:
+                ...
+    """
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -338,6 +347,20 @@ class LiveServer:
         """A :class:`WSTestClient` on ``path`` with the session's cookies."""
         headers = {**self.headers, **kwargs.pop("headers", {})}
         return WSTestClient(self.ws_url(path), headers=headers, **kwargs)
+
+
+class LiveServer(LiveSession):
+    """What :func:`live_server` yields: the running app's addresses and a first browser
+    session (``server.http``, ``server.client(path)``...); :meth:`session` makes more."""
+
+    def session(self, login: Optional[Tuple[str, Mapping[str, Any]]] = None
+                ) -> LiveSession:
+        """Another browser session (cookies of its own), logged in through the app's
+        own login route when ``login=(path, form)`` is given."""
+        session = LiveSession(self.host, self.port)
+        if login is not None:
+            session.login(*login)
+        return session
 
 
 @contextlib.contextmanager

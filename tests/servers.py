@@ -89,8 +89,11 @@ class GunicornServer:
 
     def __init__(self, app: str = "core_app:create_app()", workers: int = 1,
                  settings: Optional[Dict[str, Any]] = None, env: Optional[Dict[str, str]] = None,
-                 port: Optional[int] = None, chdir: Path = APPS) -> None:
+                 port: Optional[int] = None, chdir: Path = APPS, worker_class: str = "gevent",
+                 args: Sequence[str] = ()) -> None:
         self.app = app
+        self.worker_class = worker_class  # "sync" or "gthread": what must be refused
+        self.args = list(args)  # e.g. ["--preload"]
         self.workers = workers
         self.settings = dict(settings or {})
         self.extra_env = dict(env or {})
@@ -116,10 +119,11 @@ class GunicornServer:
         for key, value in self.settings.items():
             env[key] = json.dumps(value)
         env.update(self.extra_env)
-        cmd = [str(BIN / "gunicorn"), "-k", "gevent", "-w", str(self.workers),
-               "--worker-connections", "5000", "-b", f"127.0.0.1:{self.port}",
-               "--graceful-timeout", "1", "--timeout", "60", "--chdir", str(self.chdir),
-               "--log-level", "info", self.app]
+        cmd = [str(BIN / "gunicorn"), "-k", self.worker_class, "-w", str(self.workers),
+               "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "1", "--timeout", "60",
+               "--chdir", str(self.chdir), "--log-level", "info", *self.args, self.app]
+        if self.worker_class == "gevent":
+            cmd[5:5] = ["--worker-connections", "5000"]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)

@@ -14,6 +14,8 @@ backend made by hand (tests), as python-socketio's ``client_manager=`` does.
 from __future__ import annotations
 
 import logging
+import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -21,6 +23,7 @@ from ..config import Settings
 from ..core.history import MemoryHistory
 from ..errors import ErrorCode
 from .relay import merge_instances, new_host_id
+from .revocations import Revocations
 
 __all__ = ["Backend", "Hooks", "LocalClaims", "make_backend"]
 
@@ -78,9 +81,16 @@ class Backend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.host_id = new_host_id()
+        _backends.add(self)
         self.history: Any = MemoryHistory(settings.max_namespaces)
         self.claims: Any = LocalClaims()
+        self.revocations: Any = Revocations()
         self._hooks: Optional[Hooks] = None
+
+    def renew_host_id(self) -> None:
+        """A new host id, for a forked child: with ``gunicorn --preload`` every worker
+        would otherwise keep the master's, and drop the others' messages as its echo."""
+        self.host_id = new_host_id()
 
     def bind(self, hooks: Hooks, secret: bytes) -> None:
         """Called once by ``init_app``: the callbacks into this app's server, and a
@@ -130,6 +140,18 @@ class Backend:
     def cluster_stats(self) -> Dict[str, Any]:
         """Every process's stats row; one process here."""
         return merge_instances([self.hooks.stats_row()])
+
+
+_backends: weakref.WeakSet = weakref.WeakSet()
+
+
+def _renew_after_fork() -> None:
+    for backend in list(_backends):
+        backend.renew_host_id()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def make_backend(settings: Settings, given: Optional[Backend] = None) -> Backend:

@@ -11,7 +11,8 @@ from typing import Optional, Tuple
 from urllib.parse import quote, unquote
 
 __all__ = ["check_prefix", "relay_channel", "namespace_channel", "path_of_channel",
-           "stats_key", "instances_key", "history_keys", "presence_keys", "client_id_key"]
+           "stats_key", "instances_key", "history_keys", "presence_keys", "client_id_key",
+           "revoked_key"]
 
 _PREFIX_OK = re.compile(r"[A-Za-z0-9_.\-:]+")
 
@@ -87,3 +88,8 @@ def presence_keys(prefix: str, path: str) -> Tuple[str, str]:
 def client_id_key(prefix: str, path: str, client_id: str) -> str:
     """Key of the cluster-wide claim on a client id in a namespace (``id_claims``)."""
     return f"{check_prefix(prefix)}:cid:{quote(path, safe='/')}:{client_id}"
+
+
+def revoked_key(prefix: str, token_digest: str) -> str:
+    """Key marking a logged-out browser session as revoked (``revocations``)."""
+    return f"{check_prefix(prefix)}:revoked:{token_digest}"

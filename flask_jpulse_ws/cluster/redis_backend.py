@@ -16,6 +16,7 @@ from .id_claims import IdClaims
 from .redis_history import RedisHistory
 from .redis_relay import RedisRelay
 from .remote_request import RemoteRequests
+from .revocations import RedisRevocations
 
 __all__ = ["RedisBackend"]
 
@@ -37,10 +38,16 @@ class RedisBackend(Backend):
         self.requests = RemoteRequests(self.relay, self._find_client,
                                        settings.wire_ctx_fields)
 
+    def renew_host_id(self) -> None:
+        super().renew_host_id()
+        self.relay.host_id = self.host_id
+
     def bind(self, hooks: Hooks, secret: bytes) -> None:
         super().bind(hooks, secret)
         self.claims = IdClaims(self.link, self.settings.channel_prefix, secret,
                                self.available)
+        self.revocations = RedisRevocations(self.link, self.settings.channel_prefix,
+                                            self.available)
 
     # ------------------------------------------------------------------ the calls
     @property

@@ -28,6 +28,7 @@ command another greenlet is in the middle of.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
 
@@ -41,6 +42,9 @@ __all__ = ["RedisLink", "LinkError", "LinkDown", "LinkBusy", "CommandFailed",
            "REPLY_TIMEOUT", "CALL_WAIT", "MAX_QUEUED", "MAX_BATCH"]
 
 log = logging.getLogger("flask_jpulse_ws")
+
+#: Guards the start of a link's flusher; never held while anything waits.
+_START_LOCK = threading.Lock()
 
 #: Seconds Redis may take to answer (each read of a pipeline's replies) before the link
 #: counts it as down. A
@@ -91,9 +95,8 @@ class RedisLink:
         self._max_queued = max_queued
         self._max_batch = max_batch
         self._queue: Deque[_Call] = deque()
-        self._wake = concurrency.Event()
+        self._wake: Any = None  # made with the flusher: after a fork (gunicorn --preload)
         self._flusher: Any = None
-        self._spawn_lock = concurrency.Lock()
         self._stopped = False
         self._loaded: set = set()  # shas of the scripts loaded on the current connection
         self.calls = 0
@@ -170,9 +173,7 @@ class RedisLink:
         self.calls += 1
         self._queue.append(call)
         if self._flusher is None:
-            with self._spawn_lock:  # threads mode: two first callers at once
-                if self._flusher is None:
-                    self._flusher = concurrency.spawn(self._flush_forever)
+            self._start_flusher()
         self._wake.set()
         return call
 
@@ -180,7 +181,8 @@ class RedisLink:
         """Fail what is queued and end the flusher (the app is shutting down)."""
         self._stopped = True
         self._fail_queued([], LinkDown("the link is stopped"))
-        self._wake.set()
+        if self._wake is not None:
+            self._wake.set()
 
     @property
     def queued(self) -> int:
@@ -193,6 +195,12 @@ class RedisLink:
                 "failures": self.failures}
 
     # ------------------------------------------------------------------ the flusher
+    def _start_flusher(self) -> None:
+        with _START_LOCK:  # threads mode: two first callers at once
+            if self._flusher is None:
+                self._wake = concurrency.Event()
+                self._flusher = concurrency.spawn(self._flush_forever)
+
     def _flush_forever(self) -> None:
         while not self._stopped:
             self._wake.wait()

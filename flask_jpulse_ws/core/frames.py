@@ -10,10 +10,11 @@ are unmasked, so one encoded frame serves every recipient. Compression
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import os
 import struct
-from typing import List, Mapping, Optional, Tuple, Union
+from typing import Any, List, Mapping, Optional, Tuple, Union
 
 __all__ = [
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
@@ -30,6 +31,13 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 Event = Tuple[int, bytes]
 
 
+#: Bytes each fragment of a message counts against the message size cap besides its
+#: payload: empty or one-byte fragments would otherwise cost CPU and memory for nothing.
+FRAGMENT_COST = 16
+#: Fragments one message may have (a client that fragments at 4 KiB needs 256 for 1 MiB).
+MAX_FRAGMENTS = 4096
+
+
 class ProtocolError(Exception):
     """The peer broke the protocol; close with ``code``."""
 
@@ -37,6 +45,8 @@ class ProtocolError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        #: Whole events decoded from the same bytes before the bad frame (to deliver).
+        self.events: List[Tuple[int, bytes]] = []
 
 
 def accept_key(key: str) -> str:
@@ -160,19 +170,34 @@ class FrameDecoder:
     :param expect_mask: servers require masked frames, clients unmasked ones.
     """
 
-    def __init__(self, max_message_size: int, expect_mask: bool = True) -> None:
+    def __init__(self, max_message_size: int, expect_mask: bool = True,
+                 max_fragments: int = MAX_FRAGMENTS) -> None:
         self._max = max_message_size
         self._expect_mask = expect_mask
+        self._max_fragments = max_fragments
         self._buf = bytearray()
         self._frag_op: Optional[int] = None
-        self._frags: List[bytes] = []
-        self._frag_len = 0
+        self._frags = bytearray()  # one buffer: a fragment costs its bytes, nothing more
+        self._frag_count = 0
+        self._frag_len = 0  # counted size: payload plus FRAGMENT_COST per fragment
+        self._utf8: Any = None  # incremental check of a fragmented text message
 
     def feed(self, data: Union[bytes, bytearray]) -> List[Event]:
-        """Add received bytes; return the complete events, in order."""
+        """Add received bytes; return the complete events, in order.
+
+        :raises ProtocolError: the events decoded before the bad frame are on the
+            exception (``events``): a valid message is never lost to a later error.
+        """
+        events: List[Event] = []
+        try:
+            return self._feed(data, events)
+        except ProtocolError as exc:
+            exc.events = events
+            raise
+
+    def _feed(self, data: Union[bytes, bytearray], events: List[Event]) -> List[Event]:
         buf = self._buf
         buf += data
-        events: List[Event] = []
         pos = 0
         end = len(buf)
         while end - pos >= 2:
@@ -209,7 +234,9 @@ class FrameDecoder:
                     raise ProtocolError(1002, "new message before the last one ended")
             else:
                 raise ProtocolError(1002, f"unknown opcode {opcode}")
-            if opcode not in _CONTROL and self._frag_len + length > self._max:
+            if opcode not in _CONTROL and (
+                    self._frag_len + length + (0 if fin and opcode != OP_CONT
+                                               else FRAGMENT_COST) > self._max):
                 raise ProtocolError(1009, f"message larger than {self._max} bytes")
             if masked:
                 hdr += 4
@@ -229,13 +256,25 @@ class FrameDecoder:
                 continue
             if opcode != OP_CONT:
                 self._frag_op = opcode
-            self._frags.append(payload)
-            self._frag_len += length
+                if opcode == OP_TEXT:
+                    self._utf8 = codecs.getincrementaldecoder("utf-8")()
+            self._frag_count += 1
+            if self._frag_count > self._max_fragments:
+                raise ProtocolError(1009, f"message in more than {self._max_fragments} "
+                                          f"fragments")
+            if self._utf8 is not None:
+                try:  # per fragment, so that bad text fails at once, not at the end
+                    self._utf8.decode(payload, final=bool(fin))
+                except UnicodeDecodeError:
+                    raise ProtocolError(1007, "text message is not valid UTF-8") from None
+            self._frags += payload
+            self._frag_len += length + FRAGMENT_COST
             if fin:
                 op = self._frag_op or OP_TEXT  # set by the message's first frame
-                whole = b"".join(self._frags)
-                self._frag_op, self._frags, self._frag_len = None, [], 0
-                events.append(self._finish(op, whole))
+                whole = bytes(self._frags)
+                self._frag_op, self._frags, self._frag_len = None, bytearray(), 0
+                self._frag_count, self._utf8 = 0, None
+                events.append((op, whole))  # text already checked, fragment by fragment
         if pos:
             del buf[:pos]
         return events

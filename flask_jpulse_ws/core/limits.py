@@ -10,7 +10,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Mapping, Optional
 
-__all__ = ["Limits", "RateWindow", "AbuseCounter", "RateDecision"]
+__all__ = ["Limits", "RateWindow", "AbuseCounter", "RateDecision", "PingBudget", "PING_RATE",
+           "PING_BURST"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +101,31 @@ class AbuseCounter:
         while stamps and stamps[0] <= horizon:
             stamps.popleft()
         return len(stamps) >= self._threshold
+
+
+#: Pings (protocol pings and ``_ping`` messages together) a client may send per second,
+#: sustained, and in a burst. The clients ping every 30 s; beyond this a client only
+#: burns the server's CPU, so the excess is not answered and counts as abuse.
+PING_RATE = 5.0
+PING_BURST = 20
+
+
+class PingBudget:
+    """A token bucket for a client's pings: ``PING_RATE`` a second, ``PING_BURST`` at once."""
+
+    __slots__ = ("_rate", "_burst", "_tokens", "_at")
+
+    def __init__(self, rate: float = PING_RATE, burst: int = PING_BURST) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._at: Optional[float] = None
+
+    def allow(self, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

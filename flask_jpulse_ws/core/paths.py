@@ -6,13 +6,17 @@ import re
 from typing import Dict, List, Optional, Pattern, Sequence
 from urllib.parse import unquote
 
-__all__ = ["PREFIX", "PathPattern", "validate_path", "is_pattern", "decode_path",
-           "is_whitelisted"]
+__all__ = ["PREFIX", "PathPattern", "validate_path", "validate_template", "is_pattern",
+           "decode_path", "is_whitelisted"]
 
 #: Every namespace lives under this prefix (fixed by the protocol).
 PREFIX = "/api/1/ws/"
 
 _PARAM = re.compile(r"^:([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+#: ``<name>`` or ``<converter:name>`` as one path segment (Flask's route syntax).
+_FLASK_PARAM = re.compile(r"(?:^|/)<(\w+:)?(\w+)>(?=/|$)")
 
 
 def validate_path(path: str) -> str:
@@ -22,6 +26,20 @@ def validate_path(path: str) -> str:
                          f"after it (got: {path!r})")
     if "?" in path or "#" in path:
         raise ValueError(f"Namespace path may not contain '?' or '#' (got: {path!r})")
+    return path
+
+
+def validate_template(path: str) -> str:
+    """:func:`validate_path` for a declared namespace, which may hold ``:name`` segments;
+    a Flask-style ``<name>`` segment is refused with the spelling to use instead (it
+    would otherwise be a literal that no client ever matches)."""
+    validate_path(path)
+    flask_style = _FLASK_PARAM.search(path)
+    if flask_style:
+        name = flask_style.group(2)
+        raise ValueError(f"Namespace path {path!r} uses Flask's <{flask_style.group(1) or ''}"
+                         f"{name}>: write :{name} for a path parameter "
+                         f"(e.g. /api/1/ws/rooms/:{name})")
     return path
 
 

@@ -10,7 +10,7 @@ from collections import deque
 from datetime import datetime, timezone
 from typing import Any, Deque, Dict, List, Tuple, Union
 
-__all__ = ["RateCounter", "NamespaceStats", "ActivityLog", "status_colour", "iso"]
+__all__ = ["AppCounters", "RateCounter", "NamespaceStats", "ActivityLog", "status_colour", "iso"]
 
 DROP_REASONS = ("oversize", "rateLimit", "invalid", "reserved", "slowConsumer")
 
@@ -76,6 +76,19 @@ def status_colour(now: float, last_activity: float, client_count: int,
     if idle > warning:
         return "yellow"
     return "green"
+
+
+class AppCounters:
+    """The app-wide counters, in one place (``get_stats()`` reads them; the per-namespace
+    ones are in :class:`NamespaceStats`, the admission caps in ``server.admission``)."""
+
+    __slots__ = ("connections", "messages", "dropped", "server_errors")
+
+    def __init__(self) -> None:
+        self.connections = 0  # welcomed since start
+        self.messages = 0  # accepted inbound + each send/broadcast/reply out
+        self.dropped = 0  # inbound messages refused (size, rate, invalid...) and slow consumers
+        self.server_errors = 0  # connections ended by an unexpected exception after the 101
 
 
 class NamespaceStats:

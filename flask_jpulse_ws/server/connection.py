@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, Optional, Tu
 from .. import concurrency
 from ..context import Context
 from ..core import envelope, frames
-from ..core.limits import AbuseCounter, RateWindow
+from ..core.limits import AbuseCounter, PingBudget, RateWindow
 from ..errors import CloseCode, ErrorCode
 from .outbound import Outbound
 
@@ -101,6 +101,7 @@ class Connection:
         # Limits and request/reply state, created on first use to keep idle sockets small.
         self._rate: Optional[RateWindow] = None
         self._abuse: Optional[AbuseCounter] = None
+        self._pings: Optional[PingBudget] = None
         self._pending: Optional[Dict[str, concurrency.AsyncResult]] = None
         self._request_id: Optional[str] = None
         self._replied = False
@@ -251,6 +252,18 @@ class Connection:
             self._rate = RateWindow(self.namespace.limits)
         return self._rate
 
+    def ping_allowed(self, now: float) -> bool:
+        """A protocol ping or a ``_ping`` within the budget; past it, not answered, and
+        counted as a dropped message and as abuse (1008 at the threshold)."""
+        if self._pings is None:
+            self._pings = PingBudget()
+        if self._pings.allow(now):
+            return True
+        self._on_drop("rateLimit")
+        if self.abuse(now):
+            self.close(CloseCode.POLICY_VIOLATION, "Too many pings")
+        return False
+
     def abuse(self, now: float) -> bool:
         """Count a violation; True once the connection should be closed 1008."""
         if self._abuse is None:
@@ -269,6 +282,11 @@ class Connection:
         """Start the close handshake; the socket is cut if the peer does not answer."""
         self._out.close(code, reason)
 
+    def expire(self) -> None:
+        """Tell the client its session is over, then close 4401 (logout, re-validation)."""
+        self.send_raw_json(envelope.encode_error("Session expired", ErrorCode.SESSION_EXPIRED))
+        self.close(CloseCode.UNAUTHORIZED, "Session expired")
+
     def terminate(self, code: Optional[int] = CloseCode.SERVER_ERROR, reason: str = "") -> None:
         """Best-effort close frame (none for ``code=None``), then cut the TCP connection."""
         self._out.terminate(code, reason)
@@ -286,10 +304,23 @@ class Connection:
         self._out.answer_close(code, echo)
 
     def _drain_until_closed(self) -> None:
-        # After our close frame: discard input until the peer's close or the cut.
+        """After failing the connection (our close frame is out or queued): read on until
+        the peer's close frame, then end at once (the close handshake is done), or until
+        the close timeout cuts the socket. What follows a bad frame may be the rest of
+        it: a read that does not decode is skipped, and the next is decoded afresh."""
         try:
-            while self.sock.recv(_RECV_BYTES):
-                pass
+            while True:
+                data = self.sock.recv(_RECV_BYTES)
+                if not data:
+                    return
+                try:
+                    events = frames.FrameDecoder(_RECV_BYTES).feed(data)
+                except frames.ProtocolError as exc:
+                    events = exc.events
+                for opcode, payload in events:
+                    if opcode == frames.OP_CLOSE:
+                        self._peer_closed(payload)
+                        return
         except OSError:
             pass
 
@@ -322,10 +353,17 @@ class Connection:
         try:
             events = self._decoder.feed(data)
         except frames.ProtocolError as exc:
-            self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
-            self.close(exc.code, exc.reason)
-            self._drain_until_closed()
+            # What came whole before the bad frame is handled first (RFC 6455: the
+            # connection fails at the bad frame, not before it).
+            if self._handle(exc.events):
+                self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
+                self.close(exc.code, exc.reason)
+                self._drain_until_closed()
             return False
+        return self._handle(events)
+
+    def _handle(self, events: List[Tuple[int, bytes]]) -> bool:
+        """Act on decoded events; False once the peer's close frame came."""
         for opcode, payload in events:
             if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
                 if not self._out.closed:  # after our close frame, data is ignored
@@ -333,7 +371,8 @@ class Connection:
             elif opcode == frames.OP_PONG:
                 self.ping_sent_at = None
             elif opcode == frames.OP_PING:
-                self.send_frame(frames.encode_frame(frames.OP_PONG, payload))
+                if self.ping_allowed(concurrency.monotonic()):
+                    self.send_frame(frames.encode_frame(frames.OP_PONG, payload))
             elif opcode == frames.OP_CLOSE:
                 self._peer_closed(payload)
                 return False

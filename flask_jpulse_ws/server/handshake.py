@@ -2,7 +2,8 @@
 connection's life, and the WSGI ending each server needs.
 
 Order (protocol.md section 2): origin (HTTP 403, before the upgrade) -> caps
-(4529) -> namespace (4404) -> public access -> login (4401) -> roles (4403) ->
+(4529) -> namespace (4404) -> a logged-out session (4401) -> public access -> login
+(4401) -> roles (4403) ->
 ``on_create`` -> client id and the duplicate rule (4409) -> welcome -> on_connect.
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs, quote
 
 from flask import Response, request
 
+from .. import concurrency
 from ..context import Context
 from ..core import envelope, frames
 from ..core.history import Position, parse_since
@@ -53,13 +55,20 @@ def serve(state: AppState) -> Any:
     if environ.get("HTTP_SEC_WEBSOCKET_VERSION") != "13":
         return Response("Unsupported WebSocket version\n", 426,
                         {"Sec-WebSocket-Version": "13"})
+    unfit = _server_cannot_hold_sockets(environ)
+    if unfit:
+        _log_unfit_server(unfit)
+        return Response(unfit + "\n", 500)
     allowed, expected = auth.origin_check(environ, settings.allowed_origins,
                                           settings.trusted_proxies)
     if not allowed:
         state.admission.refused_origins += 1
-        log.warning("refused WebSocket upgrade from origin %r to %s: expected %s "
-                    "(set JPULSE_WS_ALLOWED_ORIGINS to allow it)",
-                    environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none")
+        log.warning("refused WebSocket upgrade from origin %r to %s: expected %s, from "
+                    "Host %r and X-Forwarded-Host %r (behind a proxy: pass the Host header "
+                    "with its port, e.g. nginx's $http_host, and set "
+                    "JPULSE_WS_TRUSTED_PROXIES; another site: JPULSE_WS_ALLOWED_ORIGINS)",
+                    environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none",
+                    environ.get("HTTP_HOST"), environ.get("HTTP_X_FORWARDED_HOST"))
         return Response("Origin not allowed\n", 403)
     sock, mode = _take_socket(environ)
     ip = auth.client_ip(environ, settings.trusted_proxies)
@@ -72,7 +81,7 @@ def serve(state: AppState) -> Any:
     try:
         _upgraded(state, environ, sock, ip, ctx, token)
     except Exception:
-        state.server_errors += 1
+        state.counters.server_errors += 1
         log.exception("WebSocket connection to %s failed after the upgrade",
                       environ.get("PATH_INFO"))
     return _ended(mode)
@@ -123,6 +132,8 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
     template, path, params = match
     ctx.params = dict(params)
     ctx.namespace = path
+    if token is not None and state.backend.revocations.is_revoked(token):
+        raise Rejected(CloseCode.UNAUTHORIZED, "Session expired")  # logged out: a replay
     if settings.public_access and is_whitelisted(path, settings.public_whitelist):
         ctx.is_public = not ctx.has_any_role(settings.admin_roles)
     else:
@@ -186,7 +197,8 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
     if template.history_size:
         conn.hold()  # live frames wait while the position and any replay are read
     ns.add(conn)
-    state.total_connections += 1
+    state.fanout.joined(conn)
+    state.counters.connections += 1
     now = time.time()
     ns.stats.touch(now)
     state.activity.add(now, ns.path, "connected", conn.ctx.username)
@@ -196,7 +208,7 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
         welcome["presence"] = True  # the client loads the member list after the welcome
     position = None
     if template.history_size:
-        position = state.history.position(ns.path, template.history_ttl)
+        position = state.backend.history.position(ns.path, template.history_ttl)
         if position is not None:
             welcome["epoch"], welcome["offset"] = position
     conn.send_raw_json(envelope.encode_success({"type": "connected", "data": welcome},
@@ -214,7 +226,7 @@ def _replay(state: AppState, conn: Connection, since: Optional[Position],
     if since is None:
         return position
     ns = conn.namespace
-    missed = state.history.since(ns.path, since, ns.template.history_ttl)
+    missed = state.backend.history.since(ns.path, since, ns.template.history_ttl)
     if missed is None:  # another epoch, or older than the history: never a partial replay
         conn.send_raw_json(envelope.encode_framework(
             "_recovered", {"recovered": False, "count": 0}))
@@ -228,6 +240,7 @@ def _replay(state: AppState, conn: Connection, since: Optional[Position],
 
 def _leave(state: AppState, conn: Connection) -> None:
     ns = conn.namespace
+    state.fanout.left(conn)
     if ns.discard(conn) and ns.template.has_presence:
         state.presence.left(conn)
     if conn.id_claim is not None:
@@ -254,13 +267,42 @@ def _raw_path(environ: Dict[str, Any]) -> str:
     return quote(path.encode("latin-1"), safe="/!$&'()*+,;=:@~-._")
 
 
+_FIX = ("serve with gunicorn's gevent worker: gunicorn -k gevent --worker-connections "
+        "10000 ... (production), or flask run (development)")
+
+
+def _server_cannot_hold_sockets(environ: Dict[str, Any]) -> Optional[str]:
+    """Why this server cannot hold WebSockets, or ``None`` when it can.
+
+    Each socket lives as long as its client: a server whose requests take a thread each
+    (gunicorn's sync and gthread workers) would hand its few threads to the first
+    sockets, leave every later request hanging, and be killed at its timeout.
+    """
+    if "gunicorn.socket" in environ:
+        if concurrency.using_gevent():
+            return None
+        return f"This gunicorn worker is not gevent's and cannot hold WebSockets: {_FIX}"
+    if "werkzeug.socket" in environ:
+        if concurrency.using_gevent() or environ.get("wsgi.multithread"):
+            return None
+        return f"This development server runs without threads: {_FIX}"
+    return f"This server does not hand over its sockets: {_FIX}"
+
+
+_unfit_logged = False
+
+
+def _log_unfit_server(reason: str) -> None:
+    global _unfit_logged
+    if not _unfit_logged:  # once per process: every upgrade request would repeat it
+        _unfit_logged = True
+        log.error("refusing WebSocket upgrades (HTTP 500): %s", reason)
+
+
 def _take_socket(environ: Dict[str, Any]) -> Tuple[Any, str]:
     if "gunicorn.socket" in environ:
         return environ["gunicorn.socket"], "gunicorn"
-    if "werkzeug.socket" in environ:
-        return environ["werkzeug.socket"], "werkzeug"
-    raise RuntimeError("This server does not hand over its sockets: run under "
-                       "gunicorn -k gevent (production) or flask run (development)")
+    return environ["werkzeug.socket"], "werkzeug"
 
 
 def _close_rejected(sock: Any, code: int, reason: str, timeout: float) -> None:

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .. import concurrency
 from ..context import roles_of
-from ..core import envelope
-from ..errors import CloseCode, ErrorCode
+from ..errors import CloseCode
 from . import auth
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,7 +108,7 @@ class HealthScheduler:
         if user is _KEEP or not conn.open:
             return
         if user is None or not getattr(user, "is_active", True):
-            expire(conn)
+            conn.expire()
             return
         required = conn.namespace.template.require_roles
         if required and not set(required) & set(roles_of(user)):
@@ -117,9 +116,3 @@ class HealthScheduler:
 
 
 _KEEP = object()
-
-
-def expire(conn: Connection) -> None:
-    """Tell the client its session is over, then close 4401."""
-    conn.send_raw_json(envelope.encode_error("Session expired", ErrorCode.SESSION_EXPIRED))
-    conn.close(CloseCode.UNAUTHORIZED, "Session expired")

@@ -33,12 +33,13 @@ from ..config import Settings
 from ..core import envelope
 from ..core.history import DEFAULT_TTL
 from ..core.limits import Limits
-from ..core.paths import PathPattern, decode_path, is_pattern, validate_path
-from ..core.stats import ActivityLog, NamespaceStats
+from ..core.paths import PathPattern, decode_path, is_pattern, validate_template
+from ..core.stats import ActivityLog, AppCounters, NamespaceStats
 from ..errors import CloseCode
 
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import Connection
+    from .fanout import Fanout
 
 __all__ = ["NamespaceTemplate", "Namespace", "Registry"]
 
@@ -56,24 +57,14 @@ class AppServices(Protocol):
 
     app: Flask
     settings: Settings
-    total_messages: int
-    total_dropped: int
+    counters: AppCounters
     activity: ActivityLog
     registry: Registry
 
+    fanout: Fanout
+
     @property
     def presence(self) -> Any: ...
-
-    def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int: ...
-
-    def send_to_client(self, path: str, client_id: str, data: Dict[str, Any],
-                       ctx: Any = None) -> bool: ...
-
-    def request(self, path: str, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
-                ctx: Any = None) -> Dict[str, Any]: ...
-
-    def remove_namespace(self, path: str, remove_if_empty: bool = False,
-                         _relay: bool = True) -> bool: ...
 
 
 class NamespaceTemplate:
@@ -89,7 +80,7 @@ class NamespaceTemplate:
                  message_limits: Optional[Dict[str, int]] = None,
                  history_size: int = 0, history_ttl: float = 0,
                  presence: bool = False) -> None:
-        self.path = validate_path(path)
+        self.path = validate_template(path)
         self.pattern: Optional[PathPattern] = PathPattern(path) if is_pattern(path) else None
         if isinstance(require_roles, str):
             require_roles = (require_roles,)
@@ -109,6 +100,7 @@ class NamespaceTemplate:
         self._ext = ext
         self.connect_handler: Optional[Handler] = None
         self.message_handler: Optional[Handler] = None
+        self.type_handlers: Dict[str, Handler] = {}  # ``@ns.on(type)``
         self.disconnect_handler: Optional[Handler] = None
 
     def __repr__(self) -> str:
@@ -125,9 +117,32 @@ class NamespaceTemplate:
         return fn
 
     def on_message(self, fn: F) -> F:
-        """Register ``fn(conn)``, called for each accepted message (``conn.message``)."""
+        """Register ``fn(conn)``, called for each accepted message (``conn.message``)
+        whose type has no handler of its own (:meth:`on`)."""
         self.message_handler = fn
         return fn
+
+    def on(self, msg_type: str) -> Callable[[F], F]:
+        """Register ``fn(conn)`` for the messages of one type; other types still go to
+        :meth:`on_message`. Handlers of one connection run one at a time, in order::
+
+            @chat.on("say")
+            def say(conn):
+                chat.broadcast({"type": "said", "data": conn.message["data"]}, conn.ctx)
+
+        :raises ValueError: for a reserved type (``_`` first) or one already handled.
+        """
+        if not isinstance(msg_type, str) or not msg_type or msg_type.startswith("_"):
+            raise ValueError(f"@on({msg_type!r}): a message type is a non-empty string; "
+                             f"types starting with '_' are reserved for the protocol")
+
+        def register(fn: F) -> F:
+            if msg_type in self.type_handlers:
+                raise ValueError(f"{self.path} already has a handler for {msg_type!r}")
+            self.type_handlers[msg_type] = fn
+            return fn
+
+        return register
 
     def on_disconnect(self, fn: F) -> F:
         """Register ``fn(conn)``, called once after the connection has left."""
@@ -208,7 +223,7 @@ class Namespace:
 
     def drop(self, reason: str) -> None:
         self.stats.drop(reason)
-        self.state.total_dropped += 1
+        self.state.counters.dropped += 1
 
     def count_sent(self, deliveries: int, now: float) -> None:
         """Count deliveries without an activity-log entry (the dashboard's own pushes)."""
@@ -222,7 +237,7 @@ class Namespace:
                     text: Union[None, str, bytes] = None) -> None:
         now = time.time()
         self.stats.message(now, deliveries)
-        self.state.total_messages += 1
+        self.state.counters.messages += 1
         self.state.activity.add(now, self.path, "sent", username, msg_type, text)
 
     # --- sending
@@ -244,10 +259,10 @@ class Namespace:
 
     def broadcast(self, data: Dict[str, Any], ctx: Any = None) -> int:
         """Send to every client of this path on every process; returns local count."""
-        return self.state.broadcast(self.path, data, ctx)
+        return self.state.fanout.broadcast(self.path, data, ctx)
 
     def send_to_client(self, client_id: str, data: Dict[str, Any], ctx: Any = None) -> bool:
-        return self.state.send_to_client(self.path, client_id, data, ctx)
+        return self.state.fanout.send_to_client(self.path, client_id, data, ctx)
 
     def request(self, client_id: str, data: Dict[str, Any], timeout: float = 30.0,
                 ctx: Any = None) -> Dict[str, Any]:
@@ -256,7 +271,7 @@ class Namespace:
 
         Codes: ``NOT_CONNECTED``, ``REQUEST_TIMEOUT``, ``CONNECTION_LOST``.
         """
-        return self.state.request(self.path, client_id, data, timeout, ctx)
+        return self.state.fanout.request(self.path, client_id, data, timeout, ctx)
 
     def get_stats(self) -> Dict[str, Any]:
         s = self.state.settings
@@ -266,7 +281,7 @@ class Namespace:
 
     def remove_if_empty(self) -> bool:
         """Remove this namespace if it has no clients; True when it was removed."""
-        return self.state.remove_namespace(self.path, remove_if_empty=True)
+        return self.state.fanout.remove_namespace(self.path, remove_if_empty=True)
 
     def presence(self) -> List[Dict[str, Any]]:
         """Members on every process: ``clientId``, ``username``, ``connectedAt``, ``info``."""
@@ -322,12 +337,6 @@ class Registry:
             self.live[template.path] = Namespace(self.state, template, template.path, {})
         else:
             self.patterns.append(template)
-
-    def remove_template(self, template: NamespaceTemplate) -> None:
-        if self.literals.get(template.path) is template:
-            del self.literals[template.path]
-        elif template in self.patterns:
-            self.patterns.remove(template)
 
     def match_raw(self, raw_path: str) -> Optional[Tuple[NamespaceTemplate, str, Dict[str, str]]]:
         """(template, concrete decoded path, params) for a raw request path."""

@@ -42,7 +42,8 @@ def handle_message(conn: Connection, payload: bytes) -> None:
         _reject(conn, exc.reason, exc.message, exc.code, exc.details, rid, payload)
         return
     if msg_type == "_ping":  # framework heartbeat: answered, never counted as a message
-        conn.send_raw_json(envelope.encode_framework("_pong", {"t": message.get("t")}))
+        if conn.ping_allowed(concurrency.monotonic()):  # unless it is a flood
+            conn.send_raw_json(envelope.encode_framework("_pong", {"t": message.get("t")}))
         return
     decision = conn.rate().check(concurrency.monotonic(), rid is not None)
     if not decision.allowed:
@@ -67,14 +68,16 @@ def handle_message(conn: Connection, payload: bytes) -> None:
     now = time.time()
     ns.stats.message(now)
     state = ns.state
-    state.total_messages += 1
+    state.counters.messages += 1
     state.activity.add(now, ns.path, "received", username, msg_type, payload)
     conn.enqueue(message, rid, run_handler)
 
 
 def run_handler(conn: Connection, message: dict, rid: Optional[str]) -> None:
-    """Call the app's ``on_message`` (in an app context); answer errors and NO_REPLY."""
-    handler = conn.namespace.template.message_handler
+    """Call the app's handler for the message's type, else its ``on_message`` (in an app
+    context); answer errors and NO_REPLY."""
+    template = conn.namespace.template
+    handler = template.type_handlers.get(str(message.get("type"))) or template.message_handler
     conn.begin_message(message, rid)
     try:
         if handler is not None:

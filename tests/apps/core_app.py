@@ -197,6 +197,12 @@ def create_app():
 
     add_cut_route(app, ws)
     add_faults_after_upgrade(app, ws)
+    add_typed_handlers(ws)
+
+    @app.post("/_test/send-user")
+    def http_send_user():
+        body = request.get_json()
+        return jsonify(local=ws.send_to_user(body["userId"], body["data"], body.get("path")))
 
     @app.post("/_test/send")
     def http_send():
@@ -279,4 +285,21 @@ def add_faults_after_upgrade(app, ws):
 
     state.registry.get_or_create = failing_get_or_create
     state.activity.add = failing_add_activity
+
+
+def add_typed_handlers(ws):
+    """``/api/1/ws/typed``: a handler per message type, ``on_message`` for the rest."""
+    typed = ws.namespace("/api/1/ws/typed")
+
+    @typed.on("add")
+    def add(conn):
+        conn.reply({"sum": sum(conn.message["data"])})
+
+    @typed.on("shout")
+    def shout(conn):
+        conn.reply({"text": str(conn.message["data"]).upper()})
+
+    @typed.on_message
+    def anything_else(conn):
+        conn.reply({"fallback": conn.message["type"]})
 

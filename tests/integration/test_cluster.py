@@ -363,12 +363,17 @@ def test_cluster_stats_list_every_worker(cluster):
         pids = set(cluster.worker_pids())
 
         def merged():
+            # One snapshot must show it all: a worker's row can be older than its joins
+            # (rows are refreshed every 2 s), and admission counts a socket before it
+            # joins its namespace.
             stats = cluster.http().get("/_test/cluster-stats")["cluster"]
+            in_ns = [n for n in stats["namespaces"] if n["path"] == NS]
             ok = ({r["pid"] for r in stats["instances"]} == pids
-                  and stats["totals"]["connections"] == len(clients))
+                  and stats["totals"]["connections"] == len(clients)
+                  and in_ns and in_ns[0]["clients"] == len(clients))
             return stats if ok else None
 
-        stats = wait_for(merged, timeout=6, message="three instances with all clients")
+        stats = wait_for(merged, timeout=10, message="three instances with all clients")
         assert stats["totals"]["instances"] == WORKERS
         for row in stats["instances"]:
             assert set(row) >= {"instanceId", "pid", "host", "started", "connections",
@@ -599,3 +604,52 @@ def test_redis_relay_refuses_unpatched_gevent():
     backend = app.extensions["jpulse_ws"].backend
     with pytest.raises(RuntimeError, match="monkey-patch"):
         gevent.spawn(backend.start).get()
+
+
+@pytest.mark.cluster
+def test_send_to_user_reaches_every_socket_of_that_user_on_every_worker(cluster):
+    """``ws.send_to_user``: all of alice's sockets, wherever they are, and nobody else;
+    with ``path``, only her sockets in that namespace."""
+    alice, bob = cluster.http(), cluster.http()
+    alice.post("/_test/login/alice")
+    bob.post("/_test/login/bob")
+    hers = open_spread(cluster, 6, headers={"Cookie": alice.cookie_header()})
+    his = open_spread(cluster, 3, headers={"Cookie": bob.cookie_header()}, workers=1)
+    try:
+        local = cluster.http().post("/_test/send-user", {
+            "userId": "alice", "data": {"type": "dm", "data": "for alice"}})["local"]
+        assert 0 <= local < len(hers)  # some are on other workers: not counted here
+        for c in hers:
+            assert c.ws.receive(type="dm")["data"]["data"] == "for alice"
+        assert all(no_more(c, "dm") for c in his)
+        cluster.http().post("/_test/send-user", {"userId": "alice", "path": "/api/1/ws/echo",
+                                                 "data": {"type": "dm", "data": "elsewhere"}})
+        assert all(no_more(c, "dm") for c in hers)  # none of hers is in /api/1/ws/echo
+    finally:
+        close_all(hers + his)
+
+
+
+@pytest.mark.cluster
+def test_a_logged_out_session_is_refused_on_every_worker_and_by_later_ones(cluster,
+                                                                           redis_server):
+    """Logout on one worker: a replay of the session's cookie is refused 4401 by every
+    worker, and by a server started afterwards (it learns it from Redis)."""
+    http = cluster.http()
+    http.post("/_test/login/alice")
+    stolen = {"Cookie": http.cookie_header()}
+    http.post("/_test/logout")
+    with ThreadPoolExecutor(6) as pool:  # in parallel: the replays land on every worker
+        codes = list(pool.map(lambda _: WSTestClient(cluster.ws_url(NS), headers=stolen)
+                              .wait_closed(), range(6)))
+    assert codes == [4401] * 6
+    later = start_cluster(redis_server.url)
+    try:
+        assert WSTestClient(later.ws_url(NS), headers=stolen).wait_closed() == 4401
+        fresh = later.http()
+        fresh.post("/_test/login/alice")
+        c = WSTestClient(later.ws_url(NS), headers={"Cookie": fresh.cookie_header()})
+        assert c.receive(type="connected")
+        c.close()
+    finally:
+        later.stop()

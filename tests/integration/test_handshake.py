@@ -38,6 +38,9 @@ def test_foreign_origin_gets_403_before_the_upgrade_and_a_log_line(server):
         connect(server, "/api/1/ws/echo", headers={"Origin": "http://evil.example"})
     assert err.value.status == 403
     assert f"expected http://127.0.0.1:{server.port}" in server.log()
+    # The log line shows what the expectation came from, and the proxy fix.
+    assert f"from Host '127.0.0.1:{server.port}' and X-Forwarded-Host None" in server.log()
+    assert "$http_host" in server.log()
 
 
 def test_same_origin_and_no_origin_are_allowed(server):
@@ -66,6 +69,14 @@ def test_plain_http_request_to_a_namespace_is_not_an_upgrade(server):
 
 def test_unknown_path_closes_4404(server):
     assert connect(server, "/api/1/ws/nothing-here").wait_closed() == 4404
+
+
+def test_refusals_are_counted_by_close_code(server):
+    """Each connection refused during admission is counted under its close code."""
+    before = server.http().get("/_test/stats")["rejections"].get("4404", 0)
+    for _ in range(3):
+        assert connect(server, "/api/1/ws/nothing-here").wait_closed() == 4404
+    assert server.http().get("/_test/stats")["rejections"]["4404"] == before + 3
 
 
 def test_trailing_slash_is_a_different_path(server):

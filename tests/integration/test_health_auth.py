@@ -118,3 +118,18 @@ def test_public_access_connections_are_not_revalidated(make_server):
     assert c.receive_all(1.0) == []  # several ping cycles, still open
     assert c.request({"type": "x"})["success"] is True
     c.close()
+
+
+def test_a_logged_out_session_cookie_replayed_is_refused_4401(server):
+    """Logout revokes the session: a copy of its cookie taken before (another device, a
+    thief) opens no socket afterwards, in any namespace; a new login opens them again."""
+    http = login(server, "bob")
+    stolen = {"Cookie": http.cookie_header()}
+    joined(server, http).close()
+    http.post("/_test/logout")
+    for path in ("/api/1/ws/secure", "/api/1/ws/echo"):
+        assert WSTestClient(server.ws_url(path), headers=stolen).wait_closed() == 4401
+    again = login(server, "bob")  # a new session of the same user is not affected
+    c = joined(server, again)
+    assert c.request({"type": "x"})["data"] == {"username": "bob"}
+    c.close()

@@ -85,3 +85,19 @@ def test_http_session_is_logged_in(chat_server):
     assert chat_server.headers["Cookie"].startswith("session=")
     assert chat_server.http.get("/no-such-page").status == 404
     assert chat_server.url.startswith("http://127.0.0.1:")
+
+
+def test_two_users_each_in_a_session_of_their_own(chat_server):
+    """``server.session(login=...)``: a second browser session, with cookies of its own,
+    so a test can have two users without building cookie headers by hand."""
+    bob = chat_server.session(login=("/login", {"username": "bob"}))
+    with chat_server.client("/api/1/ws/chat") as ann_ws, bob.client("/api/1/ws/chat") as bob_ws:
+        ann_ws.receive(type="connected")
+        bob_ws.receive(type="connected")
+        assert ann_ws.request({"type": "whoami"})["data"] == {"username": "ann"}
+        assert bob_ws.request({"type": "whoami"})["data"] == {"username": "bob"}
+        bob_ws.send({"type": "say", "text": "hello ann"})
+        said = ann_ws.receive(type="said", timeout=2)
+        assert said["data"]["ctx"]["username"] == "bob"
+    with pytest.raises(AssertionError, match="login through POST /nowhere failed"):
+        chat_server.session(login=("/nowhere", {"username": "eve"}))

@@ -153,3 +153,28 @@ def test_stopping_the_worker_closes_sockets_with_1001(make_server):
     for pid in srv.worker_pids():
         os.kill(pid, signal.SIGTERM)  # what the master sends its workers on a deploy
     assert c.wait_closed(timeout=5) == 1001
+
+
+def test_send_to_user_reaches_all_of_that_users_sockets_and_counts_them(server):
+    """One process: the count is the user's sockets reached; other users get nothing."""
+    alice = server.http()
+    alice.post("/_test/login/alice")
+    cookie = {"Cookie": alice.cookie_header()}
+    with WSTestClient(server.ws_url("/api/1/ws/echo"), headers=cookie) as a1, \
+            WSTestClient(server.ws_url("/api/1/ws/history"), headers=cookie) as a2, \
+            WSTestClient(server.ws_url("/api/1/ws/echo")) as anonymous:
+        for c in (a1, a2, anonymous):
+            c.receive(type="connected")
+        out = server.http().post("/_test/send-user", {"userId": "alice",
+                                                      "data": {"type": "note", "data": 1}})
+        assert out["local"] == 2
+        assert a1.receive(type="note")["data"]["data"] == 1
+        assert a2.receive(type="note")["data"]["data"] == 1
+        out = server.http().post("/_test/send-user", {"userId": "alice", "path":
+                                                      "/api/1/ws/echo",
+                                                      "data": {"type": "note", "data": 2}})
+        assert out["local"] == 1 and a1.receive(type="note")["data"]["data"] == 2
+        server.http().post("/_test/broadcast", {"path": "/api/1/ws/echo",
+                                                 "data": {"type": "marker", "data": 0}})
+        # The anonymous socket's next frame is the later marker: no note came before it.
+        assert anonymous.receive()["data"]["type"] == "marker"

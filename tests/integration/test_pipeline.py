@@ -1,7 +1,10 @@
 """The inbound pipeline: every error code, limits, ordering, and 1007/1008/1009."""
 
+import time
+
 import pytest
 
+from flask_jpulse_ws import JPulseWS
 from flask_jpulse_ws.core import frames
 from flask_jpulse_ws.testing import ConnectionClosedError, WSTestClient
 
@@ -246,3 +249,77 @@ def test_a_slow_handler_does_not_delay_pongs_or_rejections(client):
     assert client.receive()["code"] == 400
     assert time.monotonic() - started < 1.0
     assert client.receive(timeout=5)["data"] == {"slept": True}
+
+
+def test_each_type_goes_to_its_own_handler_and_the_rest_to_on_message(server):
+    """``@ns.on("add")`` answers "add"; a type without a handler reaches ``on_message``."""
+    with WSTestClient(server.ws_url("/api/1/ws/typed")) as c:
+        c.receive(type="connected")
+        assert c.request({"type": "add", "data": [1, 2, 3]})["data"] == {"sum": 6}
+        assert c.request({"type": "shout", "data": "hi"})["data"] == {"text": "HI"}
+        assert c.request({"type": "other", "data": 1})["data"] == {"fallback": "other"}
+
+
+def test_reserved_or_repeated_types_are_refused_at_declaration():
+    ws = JPulseWS()
+    ns = ws.namespace("/api/1/ws/declared")
+    ns.on("say")(lambda conn: None)
+    with pytest.raises(ValueError, match="already has a handler for 'say'"):
+        ns.on("say")(lambda conn: None)
+    with pytest.raises(ValueError, match="reserved"):
+        ns.on("_ping")
+
+
+
+def test_a_message_before_a_bad_frame_in_the_same_write_is_still_handled(server):
+    """RFC 6455 fails the connection at the bad frame: what came whole before it counts
+    (0.1.0 dropped it with the rest of the read)."""
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as c:
+        c.receive(type="connected")
+        good = frames.encode_frame(frames.OP_TEXT, b'{"type": "whoami", "requestId": "r1"}',
+                                   mask=True)
+        bad = frames.encode_frame(0x3, b"", mask=True)  # a reserved opcode
+        c.sock.sendall(good + bad)
+        assert c.receive()["requestId"] == "r1"
+        assert c.wait_closed() == 1002
+
+
+def test_after_failing_a_connection_the_peers_close_ends_it_at_once(make_server):
+    """RFC 6455 7.1.1: once both close frames have passed, TCP goes. The server used to
+    hold a failed socket (and its task) for the whole close timeout, reading nothing."""
+    srv = make_server(settings={"JPULSE_WS_CLOSE_TIMEOUT": 10})
+    c = WSTestClient(srv.ws_url("/api/1/ws/echo"))
+    c.receive(type="connected")
+    c.sock.sendall(frames.encode_frame(0x3, b"", mask=True))  # a reserved opcode
+    decoder, events = frames.FrameDecoder(1 << 16, expect_mask=False), []
+    while not any(op == frames.OP_CLOSE for op, _ in events):
+        events += decoder.feed(c.sock.recv(4096))
+    [close] = [p for op, p in events if op == frames.OP_CLOSE]
+    assert frames.parse_close(close)[0] == 1002
+    started = time.monotonic()
+    c.sock.sendall(frames.close_frame(1002, mask=True))
+    c.sock.settimeout(15)
+    while c.sock.recv(4096):
+        pass
+    assert time.monotonic() - started < 3  # not the 10 s close timeout
+    c.sock.close()
+
+
+def test_a_ping_flood_is_not_answered_and_ends_in_1008(client):
+    """Protocol pings and _ping messages share a budget (20 at once, 5 a second); the
+    excess is dropped unanswered and counts as abuse: one socket no longer holds a worker
+    at full CPU answering pings."""
+    flood = frames.encode_frame(frames.OP_PING, b"p", mask=True) * 60
+    flood += frames.encode_frame(frames.OP_TEXT, b'{"type": "_ping", "t": 1}', mask=True) * 60
+    client.sock.sendall(flood)
+    decoder, pongs, code = frames.FrameDecoder(1 << 16, expect_mask=False), 0, None
+    client.sock.settimeout(10)
+    while code is None:
+        data = client.sock.recv(65536)
+        assert data, "closed without a close frame"
+        for op, payload in decoder.feed(data):
+            if op == frames.OP_PONG or (op == frames.OP_TEXT and b'"_pong"' in payload):
+                pongs += 1
+            elif op == frames.OP_CLOSE:
+                code = frames.parse_close(payload)[0]
+    assert code == 1008 and pongs <= 21  # the burst, and what 5 a second adds meanwhile

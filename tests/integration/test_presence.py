@@ -47,16 +47,22 @@ def single():
     srv.stop()
 
 
+#: Seconds a client may take to open, be welcomed and learn which worker holds it.
+OPEN_TIMEOUT = 30.0
+
+
 class Client:
     """A test client, the pid of the worker holding it, its id, and every ``_presence``
     batch it received (frames are kept while other replies are awaited)."""
 
     def __init__(self, server, path, headers=None):
-        self.ws = WSTestClient(server.ws_url(path), headers=headers)
+        # Opening is not what these tests measure: several clients open at once on a
+        # busy machine (each holding its worker's loop 20 ms), so they wait generously.
+        self.ws = WSTestClient(server.ws_url(path), headers=headers, timeout=OPEN_TIMEOUT)
         self.batches = []
-        welcome = self.receive(lambda m: _type(m) == "connected")
+        welcome = self.receive(lambda m: _type(m) == "connected", timeout=OPEN_TIMEOUT)
         self.presence_flag = welcome["data"]["data"].get("presence")
-        who = self.request({"type": "whoami"})["data"]
+        who = self.request({"type": "whoami"}, timeout=OPEN_TIMEOUT)["data"]
         self.pid, self.client_id = who["pid"], who["clientId"]
 
     def receive(self, match, timeout=5.0):

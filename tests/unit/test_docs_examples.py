@@ -37,6 +37,19 @@ def test_quickstart_example_registers_its_namespace():
     assert module.chat.message_handler is module.message
 
 
+def test_the_quickstarts_own_test_passes(monkeypatch):
+    """docs/examples/test_quickstart.py, as a reader runs it beside quickstart_app.py."""
+    monkeypatch.syspath_prepend(str(DOCS / "examples"))
+    monkeypatch.delitem(__import__("sys").modules, "quickstart_app", raising=False)
+    module = _import(DOCS / "examples" / "test_quickstart.py")
+    module.test_chat_echo()
+
+
+def test_quickstart_page_shows_its_test_verbatim():
+    test = (DOCS / "examples" / "test_quickstart.py").read_text(encoding="utf-8")
+    assert f"```python\n{test}```" in (DOCS / "quickstart.md").read_text(encoding="utf-8")
+
+
 def test_readme_shows_the_quickstart_example_verbatim():
     """The README's first Python block is the file the docs include and this suite imports."""
     example = (DOCS / "examples" / "quickstart_app.py").read_text(encoding="utf-8")

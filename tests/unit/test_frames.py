@@ -136,3 +136,45 @@ def test_the_client_upgrade_request_and_the_servers_answer_fit_together():
     assert frames.upgrade_response(head, frames.client_key()) == (101, False)
     assert frames.upgrade_response(b"HTTP/1.1 403 Forbidden\r\nX: y", key) == (403, False)
     assert frames.upgrade_response(b"garbage", key) == (0, False)
+
+
+def test_empty_continuation_frames_cannot_grow_a_message_for_ever():
+    """Zero-length continuations used to cost nothing against the cap: one socket kept a
+    worker busy and growing. Each fragment now counts, and there are at most so many."""
+    decoder = FrameDecoder(1 << 20)
+    decoder.feed(client_frame(frames.OP_TEXT, b"x", fin=False))
+    empty = client_frame(frames.OP_CONT, b"", fin=False)
+    with pytest.raises(ProtocolError) as err:
+        for _ in range(frames.MAX_FRAGMENTS + 1):
+            decoder.feed(empty)
+    assert err.value.code == 1009
+
+
+def test_one_byte_fragments_hold_about_what_was_received():
+    """1-byte fragments used to be kept as one bytes object each (about 34 bytes apiece):
+    the message is now gathered in one buffer."""
+    decoder = FrameDecoder(1 << 20)
+    decoder.feed(client_frame(frames.OP_BINARY, b"a", fin=False))
+    for _ in range(3000):
+        decoder.feed(client_frame(frames.OP_CONT, b"b", fin=False))
+    assert isinstance(decoder._frags, bytearray) and len(decoder._frags) == 3001
+    [(opcode, payload)] = decoder.feed(client_frame(frames.OP_CONT, b"c"))
+    assert opcode == frames.OP_BINARY and payload == b"a" + b"b" * 3000 + b"c"
+
+
+def test_invalid_utf8_in_a_fragment_fails_at_that_fragment():
+    """Text is checked fragment by fragment: a bad first fragment fails at once (1007),
+    not after the peer has sent the rest."""
+    decoder = FrameDecoder(1 << 20)
+    with pytest.raises(ProtocolError) as err:
+        decoder.feed(client_frame(frames.OP_TEXT, b"ok \xff", fin=False))
+    assert err.value.code == 1007
+
+
+def test_messages_decoded_before_a_bad_frame_are_kept():
+    """A valid message in the same read as a protocol error is still delivered."""
+    good = client_frame(frames.OP_TEXT, b'{"type": "x"}')
+    bad = client_frame(0x3, b"")  # a reserved opcode
+    with pytest.raises(ProtocolError) as err:
+        FrameDecoder(100).feed(good + bad)
+    assert err.value.events == [(frames.OP_TEXT, b'{"type": "x"}')]

@@ -2,7 +2,7 @@
 
 import pytest
 
-from flask_jpulse_ws.core.limits import AbuseCounter, Limits, RateWindow
+from flask_jpulse_ws.core.limits import AbuseCounter, Limits, PingBudget, RateWindow
 
 
 def test_namespace_overrides_fall_back_per_key_to_the_configuration():
@@ -51,3 +51,12 @@ def test_abuse_counter_trips_at_the_threshold_inside_its_window():
     assert counter.hit(2)
     fresh = AbuseCounter(threshold=3, window=10)
     assert not any(fresh.hit(t) for t in (0, 11, 22, 33))
+
+
+def test_pings_get_a_generous_budget_and_no_more():
+    """20 at once, then 5 a second: a flood of pings is not answered."""
+    budget = PingBudget(rate=5.0, burst=20)
+    assert all(budget.allow(100.0) for _ in range(20))
+    assert not budget.allow(100.0)
+    assert budget.allow(100.2) and not budget.allow(100.2)  # one more after 1/5 s
+    assert sum(budget.allow(200.0) for _ in range(30)) == 20  # refilled, up to the burst

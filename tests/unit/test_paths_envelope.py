@@ -6,7 +6,13 @@ import pytest
 from flask_jpulse_ws.context import Context
 from flask_jpulse_ws.core import envelope
 from flask_jpulse_ws.core.envelope import InboundError, decode_inbound
-from flask_jpulse_ws.core.paths import PathPattern, is_pattern, is_whitelisted, validate_path
+from flask_jpulse_ws.core.paths import (
+    PathPattern,
+    is_pattern,
+    is_whitelisted,
+    validate_path,
+    validate_template,
+)
 
 
 @pytest.mark.parametrize("path", ["/api/1/ws/", "/api/2/ws/x", "api/1/ws/x", "/api/1/ws/x?y"])
@@ -99,3 +105,15 @@ def test_request_ids_are_strings_or_numbers():
     assert envelope.request_id_of({"requestId": 5}) == "5"
     assert envelope.request_id_of({"requestId": True}) is None
     assert envelope.request_id_of({"requestId": {"x": 1}}) is None
+
+
+@pytest.mark.parametrize("declared, hint", [
+    ("/api/1/ws/rooms/<room>", ":room"),
+    ("/api/1/ws/rooms/<string:room>/chat", ":room"),
+])
+def test_a_flask_style_parameter_is_refused_with_the_spelling_to_use(declared, hint):
+    """``<room>`` would be a literal that no client ever matches (every upgrade 4404)."""
+    with pytest.raises(ValueError, match=f"write {hint} for a path parameter"):
+        validate_template(declared)
+    assert validate_template("/api/1/ws/rooms/:room") == "/api/1/ws/rooms/:room"
+    assert validate_path("/api/1/ws/rooms/a<b>c") == "/api/1/ws/rooms/a<b>c"  # a room name

@@ -224,7 +224,7 @@ def test_remote_batches_are_delivered_on_the_next_tick(app_state):
     ns = room("e")
     a = FakeConn(ns, "a")
     join(state, ns, a)
-    state.apply_remote({"op": "presence", "host": "other", "path": ns.path,
+    state.fanout.apply({"op": "presence", "host": "other", "path": ns.path,
                         "joined": [m("far")], "left": []})
     state.presence.tick()
     assert [x["clientId"] for x in a.batches()[0]["joined"]] == ["a", "far"]
