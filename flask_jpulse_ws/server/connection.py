@@ -38,6 +38,9 @@ def _ignore(conn: Connection, payload: bytes) -> None:
 
 
 _RECV_BYTES = 65536
+#: Seconds a failing connection waits for the handlers of the messages that came before
+#: the bad frame (their replies go out before the close frame).
+_FAIL_AFTER_HANDLERS = 2.0
 #: History frames buffered for one connection while its replay is read.
 _HOLD_MAX = 10000
 #: Bytes of JSON an app may attach to a presence member.
@@ -353,9 +356,11 @@ class Connection:
         try:
             events = self._decoder.feed(data)
         except frames.ProtocolError as exc:
-            # What came whole before the bad frame is handled first (RFC 6455: the
-            # connection fails at the bad frame, not before it).
+            # What came whole before the bad frame is handled first, replies included
+            # (RFC 6455: the connection fails at the bad frame, not before it).
             if self._handle(exc.events):
+                if exc.events:
+                    self.wait_handlers(_FAIL_AFTER_HANDLERS)
                 self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
                 self.close(exc.code, exc.reason)
                 self._drain_until_closed()

@@ -152,7 +152,7 @@ def create_app():
     def resync():
         """``_resync`` to every client of this process, as after a relay gap."""
         body = request.get_json()
-        return jsonify(sent=app.extensions["jpulse_ws"].resync_all(body["reason"]))
+        return jsonify(sent=app.extensions["jpulse_ws"].fanout.resync_all(body["reason"]))
 
     add_cut_route(app, ws)
 
