@@ -113,6 +113,10 @@ class Backend:
         """True when a shared store answers now (starting the backend if needed)."""
         return False
 
+    def serve_nobody(self) -> None:
+        """This process holds no sockets (``flask jpulse-ws ...``): it does not appear in
+        the cluster stats as a server."""
+
     def start(self) -> None:
         """Begin listening to other processes (nothing to listen to here)."""
 

@@ -57,6 +57,9 @@ class RedisBackend(Backend):
     def available(self) -> bool:
         return self.relay.ensure_available()
 
+    def serve_nobody(self) -> None:
+        self.relay.announce = False
+
     def start(self) -> None:
         self.relay.start()
 

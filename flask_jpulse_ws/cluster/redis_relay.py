@@ -96,6 +96,8 @@ class RedisRelay:
         self._on_op, self._on_gap = on_op, on_gap
         self._on_recovered, self._stats_row = on_recovered, stats_row
         self.degraded = False
+        #: Publish this process's stats row (False for a command line: it serves nobody).
+        self.announce = True
         # One connection for every short command of this process (redis_link.py); the
         # pool holds one because only the link's flusher ever borrows from it.
         self.link = RedisLink(redis_client(self.url, socket_timeout=REPLY_TIMEOUT,
@@ -226,7 +228,7 @@ class RedisRelay:
             now = concurrency.monotonic()
             if self.degraded and now >= self._next_probe:
                 self._probe(now)  # the publisher failed while the subscription held
-            if now >= next_stats and not self.degraded:
+            if now >= next_stats and not self.degraded and self.announce:
                 next_stats = now + STATS_INTERVAL
                 self._publish_stats()
             if not self.degraded and (self._gap_all or self._gap_paths

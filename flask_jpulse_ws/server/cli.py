@@ -30,6 +30,7 @@ def _state() -> Any:
     state = current_app.extensions.get("jpulse_ws")
     if state is None:
         raise click.ClickException("JPulseWS is not initialised for this app")
+    state.backend.serve_nobody()  # not a server: no row of its own in the cluster stats
     return state
 
 

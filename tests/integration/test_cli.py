@@ -16,8 +16,14 @@ APP = "cluster_app:create_app()"
 NS = "/api/1/ws/cluster"
 
 
+#: Keys of their own: rows of servers of other test modules (same redis-server) linger
+#: for their TTL after those servers stop.
+PREFIX = "cli-test"
+
+
 def flask_cli(*args, redis_url=None, timeout=30):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(APPS)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(APPS)]),
+               JPULSE_WS_CHANNEL_PREFIX=json.dumps(PREFIX))
     env.pop("JPULSE_WS_REDIS_URL", None)
     if redis_url:
         env["JPULSE_WS_REDIS_URL"] = json.dumps(redis_url)  # the test apps read JSON
@@ -28,7 +34,8 @@ def flask_cli(*args, redis_url=None, timeout=30):
 @pytest.fixture(scope="module")
 def workers(redis_server):
     srv = GunicornServer(app=APP, workers=2,
-                         settings={"JPULSE_WS_REDIS_URL": redis_server.url}).start()
+                         settings={"JPULSE_WS_REDIS_URL": redis_server.url,
+                                   "JPULSE_WS_CHANNEL_PREFIX": PREFIX}).start()
     wait_for(lambda: len(srv.worker_pids()) == 2, message="two workers")
     yield srv
     srv.stop()
@@ -80,7 +87,9 @@ def test_stats_cluster_has_one_row_per_worker_and_the_totals(workers, redis_serv
             return merged if merged["totals"]["connections"] == 3 else None
 
         merged = wait_for(rows, timeout=20, interval=0.5, message="3 connections counted")
-        assert len(merged["instances"]) == 2  # the workers, not the shell's own process
+        # the two workers: neither this command's process nor the earlier ones (broadcast,
+        # send), which listened to Redis for a moment but serve nobody
+        assert sorted(r["pid"] for r in merged["instances"]) == sorted(workers.worker_pids())
         out = flask_cli("stats", redis_url=redis_server.url)
         assert "instances" not in json.loads(out.stdout)
     finally:
