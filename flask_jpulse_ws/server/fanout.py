@@ -115,12 +115,13 @@ class Fanout:
         if not conns:
             return 0
         frame = frames.text_frame(payload)
-        sent = 0
+        per_namespace: Dict[Any, int] = {}
         for conn in conns:
             if conn.send_frame(frame):
-                conn.namespace.record_sent(msg_type, 1, "", payload)
-                sent += 1
-        return sent
+                per_namespace[conn.namespace] = per_namespace.get(conn.namespace, 0) + 1
+        for ns, n in per_namespace.items():  # one stats/activity entry per namespace
+            ns.record_sent(msg_type, n, "", payload)
+        return sum(per_namespace.values())
 
     def joined(self, conn: Any) -> None:
         """A welcomed socket: indexed by its user, for :meth:`send_to_user`."""

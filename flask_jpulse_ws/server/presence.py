@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Tuple
 
 from .. import concurrency
 from ..cluster.keys import presence_keys
@@ -277,7 +277,7 @@ class PresenceTracker:
                     member = _decode_member(raw)
                     if member is not None:
                         remote.append(member)
-        except self._errors as exc:
+        except LinkError as exc:
             self._failed("presence read", exc)
             return newest_per_client(own), True
         if expired:
@@ -332,10 +332,6 @@ class PresenceTracker:
         """The backend's link to Redis (``redis_link.RedisLink``); ``None`` in one process."""
         return self.backend.link
 
-    @property
-    def _errors(self) -> Tuple[Type[BaseException], ...]:
-        return (LinkError,)
-
     def _redis_ready(self) -> bool:
         return self._link is not None and self.backend.available()
 
@@ -384,7 +380,7 @@ class PresenceTracker:
                 if present:
                     self._write_members(pipe, path, present, expiry)
             self._link.run(pipe)
-        except self._errors as exc:
+        except LinkError as exc:
             self._keep_unsynced(gone)
             self._next_refresh = 0.0  # rewrite our members once Redis answers
             self._failed("presence store", exc)
@@ -431,7 +427,7 @@ class PresenceTracker:
                 pipe.expire(zkey, self._key_ttl())
                 pipe.zcount(zkey, "-inf", f"({now}")
             results = iter(self._link.run(pipe))
-        except self._errors as exc:
+        except LinkError as exc:
             self._failed("presence refresh", exc)
             return
         back: Dict[str, List[Member]] = {}
@@ -465,7 +461,7 @@ class PresenceTracker:
         own_prefix = self.backend.host_id + "|"
         try:
             raw = self._link.call("EVAL", REAP_SCRIPT, 2, hkey, zkey, now, REDIS_CHUNK)
-        except self._errors as exc:
+        except LinkError as exc:
             self._failed("presence reap", exc)
             return 0
         batch = Batch()

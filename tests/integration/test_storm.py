@@ -83,19 +83,34 @@ def bad_lines(srv):
     return [line for line in srv.log().splitlines() if any(b in line for b in BAD_LOG_LINES)]
 
 
-def test_two_thousand_handshakes_at_once_are_all_admitted_and_reached(storm_redis):
-    """2,000 upgrades, 250 in flight, Redis pausing for 0.5 s in the middle: all
-    admitted, all claimed, no degraded relay, one broadcast reaches every socket."""
+def run_storm(storm_redis, scenario):
+    """``scenario(srv, storm_redis)`` against two fresh workers, stopped afterwards."""
     srv = start_workers(storm_redis.url)
     try:
-        asyncio.run(_storm(srv, storm_redis))
+        asyncio.run(scenario(srv, storm_redis))
     finally:
         srv.stop()
 
 
+async def claimed_and_reached(srv, storm_redis, clients, marker, timeout):
+    """Every socket holds an id claim in Redis, one broadcast reaches every socket, and
+    the logs are clean."""
+    await asyncio.to_thread(wait_for, lambda: claimed_ids(storm_redis.url) == SOCKETS,
+                            timeout=timeout, message="an id claim for every socket")
+    await asyncio.to_thread(broadcast, srv, marker)
+    missing = await wait_all(clients, marker, timeout=15)
+    assert missing == [], f"{len(missing)} sockets missed the broadcast"
+    assert bad_lines(srv) == []
+
+
+def test_two_thousand_handshakes_at_once_are_all_admitted_and_reached(storm_redis):
+    """2,000 upgrades, 250 in flight, Redis pausing for 0.5 s in the middle: all
+    admitted, all claimed, no degraded relay, one broadcast reaches every socket."""
+    run_storm(storm_redis, _storm)
+
+
 async def _storm(srv, storm_redis):
     paused = []
-
     opened = [0]
 
     async def pause_redis_midway(count):  # slow is not down: nothing may degrade
@@ -115,12 +130,7 @@ async def _storm(srv, storm_redis):
         assert all(c.error is None and c.close_code is None for c in clients)
         assert min(sockets_per_worker(srv)) > 0  # the storm really hit both workers
         assert "degraded" not in srv.log(), srv.log()[-3000:]
-        await asyncio.to_thread(wait_for, lambda: claimed_ids(storm_redis.url) == SOCKETS,
-                                timeout=10, message="an id claim for every socket")
-        await asyncio.to_thread(broadcast, srv, "after-storm")
-        missing = await wait_all(clients, "after-storm", timeout=15)
-        assert missing == [], f"{len(missing)} sockets missed the broadcast"
-        assert bad_lines(srv) == []
+        await claimed_and_reached(srv, storm_redis, clients, "after-storm", timeout=10)
     finally:
         for c in clients:
             c.abort()
@@ -130,11 +140,7 @@ def test_redis_killed_mid_storm_admits_everyone_and_claims_them_when_back(storm_
     """Redis SIGKILLed after 500 of 2,000 upgrades and started again empty: every
     socket is admitted meanwhile, every id is claimed once Redis is back, and one
     broadcast after the restore reaches all."""
-    srv = start_workers(storm_redis.url)
-    try:
-        asyncio.run(_storm_with_outage(srv, storm_redis))
-    finally:
-        srv.stop()
+    run_storm(storm_redis, _storm_with_outage)
 
 
 async def _storm_with_outage(srv, storm_redis):
@@ -156,12 +162,7 @@ async def _storm_with_outage(srv, storm_redis):
         await asyncio.to_thread(wait_for, lambda: workers_relaying(storm_redis.url) == 2,
                                 timeout=20, message="both workers relaying again")
         # ...and every socket, admitted before, during or after it, holds its claim.
-        await asyncio.to_thread(wait_for, lambda: claimed_ids(storm_redis.url) == SOCKETS,
-                                timeout=20, message="an id claim for every socket")
-        await asyncio.to_thread(broadcast, srv, "after-restore")
-        missing = await wait_all(clients, "after-restore", timeout=15)
-        assert missing == [], f"{len(missing)} sockets missed the broadcast"
-        assert bad_lines(srv) == []
+        await claimed_and_reached(srv, storm_redis, clients, "after-restore", timeout=20)
     finally:
         for c in clients:
             c.abort()
