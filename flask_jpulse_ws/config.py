@@ -65,6 +65,9 @@ CLOSE_TIMEOUT = 2.0
 REDIS_URL: Optional[str] = None
 #: Prefix of every Redis key and channel; keeps apps sharing one Redis apart.
 CHANNEL_PREFIX = "jpulse-ws"
+#: Seconds a process keeps listening to a namespace's channel after its last local
+#: client left (a client that comes back soon costs no new subscription).
+UNSUBSCRIBE_LINGER = 5.0
 #: URL of the opt-in admin dashboard.
 ADMIN_URL = "/admin/websocket-stats"
 #: Roles allowed to see the admin dashboard.
@@ -109,6 +112,7 @@ class Settings:
     close_timeout: float = CLOSE_TIMEOUT
     redis_url: Optional[str] = REDIS_URL
     channel_prefix: str = CHANNEL_PREFIX
+    unsubscribe_linger: float = UNSUBSCRIBE_LINGER
     admin_url: str = ADMIN_URL
     admin_roles: Tuple[str, ...] = tuple(ADMIN_ROLES)
     debug_errors: bool = DEBUG_ERRORS

@@ -17,7 +17,7 @@ import logging
 import os
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..config import Settings
 from ..core.history import MemoryHistory
@@ -38,6 +38,8 @@ class Hooks:
     apply: Callable[[Dict[str, Any]], None]
     #: Tell every local client it may have missed messages; returns how many were told.
     resync_all: Callable[[str], int]
+    #: The same for the local clients of some namespaces: ``(paths, reason)``.
+    resync_paths: Callable[[Sequence[str], str], int]
     #: This process's row of the cluster stats.
     stats_row: Callable[[], Dict[str, Any]]
     #: The local connection ``(path, client_id)``, or ``None``.
@@ -122,6 +124,16 @@ class Backend:
 
     def stop(self) -> None:
         """Stop listening and release connections."""
+
+    def follow(self, path: str) -> bool:
+        """A client of ``path`` is about to be welcomed here: from now on, operations
+        other processes publish for ``path`` must reach this one. True when that holds
+        (always, here); False when it will only hold later (the client gets a
+        ``_resync`` then). Every call is paired with one :meth:`unfollow`."""
+        return True
+
+    def unfollow(self, path: str) -> None:
+        """A client of ``path`` left this process."""
 
     def publish(self, op: str, **fields: Any) -> None:
         """Carry an operation to the other processes (none here); local delivery has

@@ -19,9 +19,9 @@ from redis.retry import Retry
 
 from ..core import envelope
 from ..core.paths import validate_path
-from .keys import relay_channel
+from .keys import check_prefix
 from .redis_connect import redis_client
-from .relay import encode_op, new_host_id
+from .relay import channel_for, encode_op, new_host_id
 
 __all__ = ["Emitter"]
 
@@ -45,7 +45,7 @@ class Emitter:
     def __init__(self, redis_url: str, channel_prefix: str = "jpulse-ws",
                  wire_ctx_fields: Sequence[str] = ("username",),
                  timeout: float = EMITTER_TIMEOUT) -> None:
-        self.channel = relay_channel(channel_prefix)
+        self.prefix = check_prefix(channel_prefix)
         self.host_id = new_host_id("emitter")
         self.wire_ctx_fields = tuple(wire_ctx_fields)
         self._redis = redis_client(redis_url, socket_timeout=timeout,
@@ -53,12 +53,14 @@ class Emitter:
                                    retry=Retry(NoBackoff(), 0))
 
     def _publish(self, op: str, **fields: Any) -> int:
-        return int(self._redis.publish(self.channel, encode_op(self.host_id, op, fields)))
+        channel = channel_for(self.prefix, op, fields)
+        return int(self._redis.publish(channel, encode_op(self.host_id, op, fields)))
 
     def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int:
         """Send ``{type, data}`` to every client of a concrete path on every process.
 
-        :returns: how many server processes received the message.
+        :returns: how many server processes received the message: those holding a
+            client of ``path`` (and, for a few seconds, those whose last one just left).
         """
         payload = envelope.encode_success(data, envelope.wire_ctx(ctx, self.wire_ctx_fields))
         return self._publish("broadcast", path=validate_path(path), payload=payload,
@@ -68,8 +70,8 @@ class Emitter:
                        ctx: Any = None) -> int:
         """Send to one client, wherever it is connected.
 
-        :returns: how many server processes received the message (not whether the
-            client exists).
+        :returns: how many server processes received the message (those holding a
+            client of ``path``; not whether this client exists).
         """
         payload = envelope.encode_success(data, envelope.wire_ctx(ctx, self.wire_ctx_fields))
         return self._publish("send", path=validate_path(path), clientId=str(client_id),

@@ -22,7 +22,8 @@ __all__ = ["RedisBackend"]
 
 
 class RedisBackend(Backend):
-    """Every process of the app shares one Redis (plain, Sentinel)."""
+    """Every process of the app shares one Redis (plain, Sentinel); each listens
+    only to the namespaces it holds clients of."""
 
     kind = "RedisRelay"
 
@@ -31,8 +32,11 @@ class RedisBackend(Backend):
         self.relay = RedisRelay(str(settings.redis_url), settings.channel_prefix,
                                 self.host_id, on_op=self._on_op,
                                 on_gap=lambda reason: self.hooks.resync_all(reason),
+                                on_late=lambda paths: self.hooks.resync_paths(
+                                    paths, "relay-gap"),
                                 on_recovered=self._on_recovered,
-                                stats_row=lambda: self.hooks.stats_row())
+                                stats_row=lambda: self.hooks.stats_row(),
+                                linger=settings.unsubscribe_linger)
         self.link = self.relay.link
         self.history = RedisHistory(self.relay)
         self.requests = RemoteRequests(self.relay, self._find_client,
@@ -65,6 +69,12 @@ class RedisBackend(Backend):
 
     def stop(self) -> None:
         self.relay.stop()
+
+    def follow(self, path: str) -> bool:
+        return self.relay.follow(path)
+
+    def unfollow(self, path: str) -> None:
+        self.relay.unfollow(path)
 
     def publish(self, op: str, **fields: Any) -> None:
         self.relay.publish(op, **fields)

@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from ..core.history import HistoryDelivery, Position, new_epoch
-from .keys import history_keys
+from .keys import history_keys, namespace_channel
 from .redis_link import LinkBusy, LinkDown, LinkError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,8 +23,10 @@ __all__ = ["RedisHistory"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
-# KEYS: meta hash, stream, relay channel.
-# ARGV: frame JSON, max length, ttl ms, fresh epoch, reset flag, now ms, path, type.
+# KEYS: meta hash, stream (one hash tag: keys.py).
+# ARGV: frame JSON, max length, ttl ms, fresh epoch, reset flag, now ms, path, type,
+# the namespace's channel (same tag: a channel of another slot would fail in Redis
+# Cluster after the XADD had run).
 _APPEND = """
 if ARGV[5] == '1' then redis.call('DEL', KEYS[1], KEYS[2]) end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -38,7 +40,7 @@ local frame = string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. offset, 'f', frame, 't', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', KEYS[3], cjson.encode({op = 'hbroadcast', host = '', path = ARGV[7],
+redis.call('PUBLISH', ARGV[9], cjson.encode({op = 'hbroadcast', host = '', path = ARGV[7],
   payload = frame, offset = offset, epoch = epoch, type = ARGV[8]}))
 return {epoch, offset}
 """
@@ -98,10 +100,11 @@ class RedisHistory:
         meta, stream = history_keys(self.relay.prefix, path)
         reset = "1" if path in self._broken else "0"
         try:
-            self.link.eval(self._append, [meta, stream, self.relay.channel],
+            self.link.eval(self._append, [meta, stream],
                            [frame_json, size, int(ttl * 1000), new_epoch(), reset,
                             int(time.time() * 1000), path,
-                            msg_type if isinstance(msg_type, str) else ""],
+                            msg_type if isinstance(msg_type, str) else "",
+                            namespace_channel(self.relay.prefix, path)],
                            timeout=APPEND_WAIT)
         except LinkError as exc:
             self._broken.add(path)

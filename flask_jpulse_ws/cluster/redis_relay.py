@@ -1,7 +1,9 @@
-"""The Redis transport of the relay: one pub/sub channel per app, one subscriber
-greenlet per process, publishes through the process's auto-pipelined link (the caller
-waits until its message is in Redis), a circuit that drops (never buffers) while Redis
-is away, and a ``_resync`` to every client that may have missed something.
+"""The Redis transport of the relay: interest routing (a process listens to the
+channels of the namespaces it holds clients of, its inbox and the control channel:
+``interest.py``), one pub/sub connection read by one task (``subscriber.py``),
+publishes through the process's auto-pipelined link (the caller waits until its message
+is in Redis), a circuit that drops (never buffers) while Redis is away, and a
+``_resync`` to every client that may have missed something.
 
 Imported only when ``JPULSE_WS_REDIS_URL`` is set. See ``docs/scaling.md``.
 """
@@ -20,10 +22,12 @@ from redis.retry import Retry
 
 from .. import concurrency
 from ..core import envelope
-from .keys import instances_key, relay_channel, stats_key
+from .interest import Interest
+from .keys import control_channel, inbox_channel, instances_key, namespace_channel, stats_key
 from .redis_connect import redis_client
 from .redis_link import REPLY_TIMEOUT, LinkBusy, LinkDown, LinkError, RedisLink
-from .relay import encode_op, merge_instances
+from .relay import channel_for, encode_op, merge_instances
+from .subscriber import Subscriber, SubscriberLost
 
 __all__ = ["RedisRelay", "check_cooperative"]
 
@@ -50,6 +54,11 @@ STATS_TTL = 10
 #: Seconds ``start`` waits for the first subscription, so that the first clients of a
 #: fresh worker miss nothing; when Redis is down it returns at the first failure.
 START_WAIT = 2.0
+#: Seconds a handshake waits for its namespace's subscription before the welcome; past
+#: it the client is welcomed anyway and gets a ``_resync`` once it is confirmed.
+FOLLOW_WAIT = 2.0
+#: Seconds between the relay's housekeeping rounds (probe, stats, linger, pending).
+HOUSEKEEPING_INTERVAL = 0.5
 #: Namespaces remembered for the post-outage ``_resync``; beyond it, everyone resyncs.
 MAX_GAP_PATHS = 1000
 #: Logout revocations kept while Redis is away: idempotent, so replaying them is safe.
@@ -76,25 +85,32 @@ def check_cooperative() -> None:
 
 
 class RedisRelay:
-    """Relay over Redis pub/sub (one channel per app: ``<prefix>:relay``) and the
-    circuit of this process's Redis connections.
+    """Relay over Redis pub/sub (a channel per namespace, a control channel, an inbox
+    per process) and the circuit of this process's Redis connections.
 
     :param on_op: applies an operation another process published.
     :param on_gap: tells every local client it may have missed messages (``_resync``).
+    :param on_late: ``(paths)``: clients of these paths were welcomed before their
+        subscription was confirmed (``_resync`` them).
     :param on_recovered: Redis answers again after an outage.
     :param stats_row: this process's row of the cluster stats.
+    :param linger: seconds a namespace stays subscribed after its last local client.
     """
 
     def __init__(self, url: str, prefix: str, host_id: str,
                  on_op: Callable[[Dict[str, Any]], None], on_gap: Callable[[str], int],
-                 on_recovered: Callable[[], None],
-                 stats_row: Callable[[], Dict[str, Any]]) -> None:
+                 on_late: Callable[[List[str]], Any], on_recovered: Callable[[], None],
+                 stats_row: Callable[[], Dict[str, Any]], linger: float = 5.0) -> None:
         self.url = url
         self.prefix = prefix
         self.host_id = host_id
-        self.channel = relay_channel(prefix)
+        self.control = control_channel(prefix)
         self._on_op, self._on_gap = on_op, on_gap
         self._on_recovered, self._stats_row = on_recovered, stats_row
+        self.interest = Interest(lambda path: namespace_channel(prefix, path),
+                                 self._send_subscription, on_late, linger)
+        self._subscriber: Optional[Subscriber] = None
+        self._always: Set[bytes] = set()  # control and inbox: decoded whatever we hold
         self.degraded = False
         #: Publish this process's stats row (False for a command line: it serves nobody).
         self.announce = True
@@ -115,9 +131,11 @@ class RedisRelay:
         self._sending_pending = False
         self._down_since: Optional[float] = None
         self._next_probe = 0.0
+        self._next_stats = 0.0
         self.last_error = ""
         self.published = 0
         self.received = 0
+        self.unrouted = 0
         self.own_echoes = 0
         self.dropped = 0
         self.outages = 0
@@ -130,32 +148,62 @@ class RedisRelay:
         check_cooperative()
         self._started = True
         self._first_attempt = concurrency.Event()
-        concurrency.spawn(self._subscriber)
+        # The inbox is named after the host id, renewed in a forked worker: name it now.
+        self.inbox = inbox_channel(self.prefix, self.host_id)
+        self._always = {self.control.encode(), self.inbox.encode()}
+        concurrency.spawn(self._subscribe_loop)
+        concurrency.every(HOUSEKEEPING_INTERVAL, self._housekeeping, "Redis relay upkeep")
         self._first_attempt.wait(START_WAIT)  # this greenlet only
 
     def stop(self) -> None:
         self._stopped = True
+        sub = self._subscriber
+        if sub is not None:
+            sub.close()
         self.link.stop()
 
+    # ------------------------------------------------------------------ interest
+    def follow(self, path: str) -> bool:
+        """A local client of ``path`` is about to be welcomed: listen to its channel.
+        True once Redis confirmed it; False (at once while degraded, else after
+        :data:`FOLLOW_WAIT`): the client gets a ``_resync`` when it is confirmed."""
+        if not self._started:
+            self.start()
+        return self.interest.follow(path, 0.0 if self.degraded else FOLLOW_WAIT)
+
+    def unfollow(self, path: str) -> None:
+        self.interest.unfollow(path)
+
+    def _send_subscription(self, verb: str, channels: Any) -> None:
+        sub = self._subscriber
+        if sub is None:
+            raise SubscriberLost("no subscriber connection")
+        sub.subscribe(verb, channels)
+
     # ------------------------------------------------------------------ publishing
-    def publish(self, op: str, **fields: Any) -> None:
-        """Publish through the link and wait until the message is in Redis (so
-        per-caller order holds across workers); dropped at once while degraded, and
-        counted as dropped (a ``resync`` follows) if it could not be sent in time."""
+    def publish(self, op: str, **fields: Any) -> Optional[int]:
+        """Publish on the operation's channel (``relay.channel_for``) through the link
+        and wait until the message is in Redis (so per-caller order holds across
+        workers). Returns how many processes listen to that channel, or ``None`` when
+        it was dropped: at once while degraded, or (a ``resync`` follows) when it could
+        not be sent in time."""
         if not self._started:
             self.start()  # a REST handler may publish before any socket arrived
         path = fields.get("path")
         if self.degraded:
             self._drop(op, path, fields)
-            return
+            return None
         try:
-            self.link.call("PUBLISH", self.channel, encode_op(self.host_id, op, fields),
-                           timeout=PUBLISH_WAIT, cancel_on_timeout=False)
+            receivers = self.link.call("PUBLISH", channel_for(self.prefix, op, fields),
+                                       encode_op(self.host_id, op, fields),
+                                       timeout=PUBLISH_WAIT, cancel_on_timeout=False)
             self.published += 1
+            return int(receivers)
         except LinkBusy:  # still queued and likely to pass: a resync covers it anyway
             self._drop(op, path, fields)
         except LinkError:  # the link opened the circuit; it may have passed
             self._drop(op, path, fields)
+        return None
 
     def _drop(self, op: str, path: Optional[str], fields: Dict[str, Any]) -> None:
         self.dropped += 1
@@ -176,66 +224,73 @@ class RedisRelay:
             self._gap_paths.update(paths)
 
     # ------------------------------------------------------------------ subscribing
-    def _subscriber(self) -> None:
+    def _subscribe_loop(self) -> None:
         backoff = BACKOFF_MIN
         while not self._stopped:
-            client = pubsub = None
+            client: Any = None
             try:
+                # redis-py makes the connection (URL, Sentinel, TLS, AUTH, SELECT) in
+                # RESP2; the Subscriber reads its socket itself.
                 client = redis_client(self.url, socket_timeout=SUBSCRIBER_TIMEOUT,
-                                              socket_connect_timeout=CONNECT_TIMEOUT,
-                                              health_check_interval=HEALTH_CHECK_INTERVAL,
-                                              retry=_NO_RETRY)
-                pubsub = client.pubsub()
-                pubsub.subscribe(self.channel)
-                self._await_subscribed(pubsub)
+                                      socket_connect_timeout=CONNECT_TIMEOUT,
+                                      retry=_NO_RETRY, protocol=2)
+                connection = client.connection_pool.get_connection()
+                sub = Subscriber(connection._sock, self._on_message, self._on_confirm,
+                                 HEALTH_CHECK_INTERVAL, SUBSCRIBER_TIMEOUT)
+                self._subscriber = sub
+                sub.subscribe("SUBSCRIBE", [self.control, self.inbox])
+                self.interest.resubscribe()
                 backoff = BACKOFF_MIN
-                self._on_subscribed()
-                self._listen(pubsub)
-            except (redis.RedisError, OSError) as exc:
-                self._subscribed = False
-                self._enter_degraded(f"subscription lost: {exc}", subscription_lost=True)
-                self._first_attempt.set()
+                sub.run()
+            except (SubscriberLost, redis.RedisError, OSError) as exc:
+                self._lost(f"subscription lost: {exc}")
             except Exception:  # keep the subscriber alive whatever happens
-                self._subscribed = False
                 log.exception("Redis relay subscriber failed")
-                self._enter_degraded("subscriber error", subscription_lost=True)
-                self._first_attempt.set()
+                self._lost("subscriber error")
             finally:
-                for thing in (pubsub, client):
-                    try:
-                        if thing is not None:
-                            thing.close()
-                    except Exception:  # noqa: BLE001 - closing a dead socket
-                        pass
+                self._subscriber = None
+                self.interest.connection_lost()
+                try:
+                    if client is not None:
+                        client.connection_pool.disconnect()
+                except Exception:  # noqa: BLE001 - closing a dead socket
+                    pass
             if not self._stopped:
                 concurrency.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
 
-    def _await_subscribed(self, pubsub: Any) -> None:
-        deadline = concurrency.monotonic() + SUBSCRIBER_TIMEOUT
-        while concurrency.monotonic() < deadline:
-            msg = pubsub.get_message(timeout=0.5)
-            if msg is not None and msg.get("type") == "subscribe":
-                return
-        raise redis.TimeoutError("no subscribe confirmation")
+    def _lost(self, reason: str) -> None:
+        self._subscribed = False
+        if not self._stopped:
+            self._enter_degraded(reason, subscription_lost=True)
+        self._first_attempt.set()
 
-    def _listen(self, pubsub: Any) -> None:
-        next_stats = 0.0
-        while not self._stopped:
-            msg = pubsub.get_message(timeout=1.0)
-            if msg is not None and msg.get("type") == "message":
-                self._on_message(msg["data"])
-            now = concurrency.monotonic()
-            if self.degraded and now >= self._next_probe:
-                self._probe(now)  # the publisher failed while the subscription held
-            if now >= next_stats and not self.degraded and self.announce:
-                next_stats = now + STATS_INTERVAL
-                self._publish_stats()
-            if not self.degraded and (self._gap_all or self._gap_paths
-                                      or self._pending_revokes):
-                self._send_pending()  # dropped while Redis was busy, not down
+    def _on_confirm(self, kind: bytes, channel: bytes) -> None:
+        if channel in self._always:
+            if kind == b"subscribe" and channel == self.control.encode():
+                # Not here: the reader must never wait on the link.
+                concurrency.spawn(self._on_subscribed)
+            return
+        self.interest.confirmed(kind, channel)
 
-    def _on_message(self, data: bytes) -> None:
+    def _housekeeping(self) -> Any:
+        if self._stopped:
+            return False
+        now = concurrency.monotonic()
+        if self.degraded and self._subscribed and now >= self._next_probe:
+            self._probe(now)  # the publisher failed while the subscription held
+        if now >= self._next_stats and not self.degraded and self.announce:
+            self._next_stats = now + STATS_INTERVAL
+            self._publish_stats()
+        if not self.degraded and (self._gap_all or self._gap_paths or self._pending_revokes):
+            self._send_pending()  # dropped while Redis was busy, not down
+        self.interest.sweep(now)
+        return None
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        if channel not in self._always and not self.interest.holds(channel):
+            self.unrouted += 1  # nobody here holds it any more: not even decoded
+            return
         self.received += 1
         try:
             message = envelope.decode_json(data)
@@ -378,8 +433,9 @@ class RedisRelay:
 
     def status(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"hostId": self.host_id, "degraded": self.degraded}
-        out.update({"channel": self.channel, "subscribed": self._subscribed,
+        out.update({"subscribed": self._subscribed, "interest": self.interest.status(),
                     "published": self.published, "received": self.received,
+                    "unrouted": self.unrouted,
                     "ownEchoes": self.own_echoes, "dropped": self.dropped,
                     "outages": self.outages, "resyncs": self.resyncs,
                     "lastError": self.last_error, "pid": os.getpid(),

@@ -1,7 +1,13 @@
-"""Relayed operations: how what must reach every process (broadcasts, directed sends,
-removals, logout revocations...) is encoded, who sent it, and the cluster stats view.
-Pure functions shared by the Redis relay and :class:`~flask_jpulse_ws.Emitter`;
-``keys.py`` names every key and channel, ``backend.py`` decides where operations go.
+"""Relayed operations: how what must reach other processes (broadcasts, directed sends,
+removals, logout revocations...) is encoded, which channel carries it, who sent it,
+and the cluster stats view. Pure functions shared by the Redis relay and
+:class:`~flask_jpulse_ws.Emitter`; ``keys.py`` names every key and channel.
+
+Routing (``docs/scaling.md``): an operation about one namespace travels on that
+namespace's channel, which only the processes holding a client of it listen to; a reply
+to a server request on the asking process's inbox; what concerns every process
+(logout revocations, resyncs, a user's sockets in every namespace) on the control
+channel.
 """
 
 from __future__ import annotations
@@ -12,8 +18,23 @@ import uuid
 from typing import Any, Dict, Iterable, List
 
 from ..core import envelope
+from .keys import control_channel, inbox_channel, namespace_channel
 
-__all__ = ["encode_op", "new_host_id", "merge_instances"]
+__all__ = ["encode_op", "channel_for", "new_host_id", "merge_instances", "NAMESPACE_OPS"]
+
+#: Operations about one namespace (``path``): they go to its holders only.
+NAMESPACE_OPS = frozenset({"broadcast", "hbroadcast", "send", "request", "presence",
+                           "remove", "user"})
+
+
+def channel_for(prefix: str, op: str, fields: Dict[str, Any]) -> str:
+    """The channel that carries ``op``: the namespace's, the asker's inbox, or control."""
+    if op == "reply":
+        return inbox_channel(prefix, str(fields["to"]))
+    path = fields.get("path")
+    if op in NAMESPACE_OPS and isinstance(path, str) and path:
+        return namespace_channel(prefix, path)
+    return control_channel(prefix)
 
 
 def new_host_id(kind: str = "") -> str:

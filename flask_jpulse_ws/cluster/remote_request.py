@@ -21,7 +21,7 @@ from .. import concurrency
 from ..core import envelope
 from ..errors import ErrorCode
 
-__all__ = ["RemoteRequests", "ACCEPT_TIMEOUT", "MAX_WAITING", "MAX_SERVING"]
+__all__ = ["RemoteRequests", "ACCEPT_TIMEOUT", "MAX_WAITING", "MAX_SERVING", "NOBODY_HOLDS_IT"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
@@ -39,6 +39,9 @@ REPLY_GRACE = 1.0
 #: processes it may be serving; beyond them a request fails at once instead of growing.
 MAX_WAITING = 10000
 MAX_SERVING = 10000
+#: The error of a request to a namespace no process holds a client of (known at once
+#: from PUBLISH's count of listeners).
+NOBODY_HOLDS_IT = "Client not connected: no process holds a client of this namespace"
 
 
 def _error(message: str, code: str) -> Dict[str, Any]:
@@ -86,11 +89,15 @@ class RemoteRequests:
         self.asked += 1
         try:
             wire = envelope.wire_ctx(ctx, self._wire_ctx_fields)
-            relay.publish("request", path=path, clientId=client_id, requestId=rid,
-                          data=dict(data), ctx=wire, timeout=timeout, sentAt=time.time())
-            if relay.degraded:  # the publish was dropped: nobody will answer
+            listeners = relay.publish("request", path=path, clientId=client_id,
+                                      requestId=rid, data=dict(data), ctx=wire,
+                                      timeout=timeout, sentAt=time.time())
+            if listeners is None:  # the publish was dropped: nobody will answer
                 return _error("Client not connected here, and the relay is unavailable",
                               ErrorCode.NOT_CONNECTED)
+            if listeners == 0:  # no process holds a client of the path: no need to wait
+                self.not_found += 1
+                return _error(NOBODY_HOLDS_IT, ErrorCode.NOT_CONNECTED)
             start = concurrency.monotonic()
             if not waiter.accepted.wait(min(timeout, ACCEPT_TIMEOUT)):
                 self.not_found += 1

@@ -90,6 +90,7 @@ class Connection:
         self.id_claim: Optional[str] = None  # cluster-wide claim on the id (id_claims)
         self.id_claimed_at = 0.0
         self.needs_claim = False  # admitted unclaimed (Redis away or slow): claim later
+        self.following = False  # counted in its namespace's interest (backend.follow)
         self._out = Outbound(sock, settings.max_queue_bytes, settings.close_timeout,
                              self._on_drop, f"{client_id} on {namespace.path}")
         #: Hand one encoded frame to the socket, never waiting: ``send_frame(frame)``,

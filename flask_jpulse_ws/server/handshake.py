@@ -194,6 +194,10 @@ def _client_id(environ: Dict[str, Any]) -> str:
 
 def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position]) -> None:
     template = ns.template
+    # Listen to the namespace's channel before the history position is read and the
+    # welcome sent, so nothing published after them can miss this client.
+    conn.following = True
+    state.backend.follow(ns.path)
     if template.history_size:
         conn.hold()  # live frames wait while the position and any replay are read
     ns.add(conn)
@@ -240,6 +244,8 @@ def _replay(state: AppState, conn: Connection, since: Optional[Position],
 
 def _leave(state: AppState, conn: Connection) -> None:
     ns = conn.namespace
+    if conn.following:
+        state.backend.unfollow(ns.path)
     state.fanout.left(conn)
     if ns.discard(conn) and ns.template.has_presence:
         state.presence.left(conn)

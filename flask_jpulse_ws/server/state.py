@@ -51,6 +51,7 @@ class AppState:
                              app.permanent_session_lifetime.total_seconds())
         secret = app.secret_key or settings.channel_prefix
         self.backend.bind(Hooks(apply=self.fanout.apply, resync_all=self.fanout.resync_all,
+                                resync_paths=self.fanout.resync_paths,
                                 stats_row=self.instance_stats,
                                 find_client=self.fanout.find_client),
                           secret.encode() if isinstance(secret, str) else bytes(secret))

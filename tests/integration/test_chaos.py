@@ -230,11 +230,12 @@ GARBAGE = [
 @pytest.mark.cluster
 def test_garbage_on_the_relay_channel_neither_stops_the_relay_nor_reaches_clients(
         make_server, redis_server):
-    """Malformed operations published on the relay channel are logged and skipped: the
-    worker lives, clients get none of it, and relayed broadcasts still arrive."""
+    """Malformed operations published on the namespace's and the control channel are
+    logged and skipped: the worker lives, clients get none of it, and relayed
+    broadcasts still arrive."""
     import redis as redis_py
 
-    from flask_jpulse_ws.cluster.keys import relay_channel
+    from flask_jpulse_ws.cluster.keys import control_channel, namespace_channel
     from flask_jpulse_ws.cluster.relay import encode_op
 
     srv = make_server(settings={"JPULSE_WS_REDIS_URL": redis_server.url,
@@ -244,16 +245,18 @@ def test_garbage_on_the_relay_channel_neither_stops_the_relay_nor_reaches_client
     pub = redis_py.Redis.from_url(redis_server.url)
     with WSTestClient(srv.ws_url(path)) as c:
         c.receive(type="connected")
-        wait_for(lambda: pub.pubsub_numsub(relay_channel("inject"))[0][1] >= 1,
-                 message="the worker's subscription")
+        channels = [namespace_channel("inject", path), control_channel("inject")]
+        for channel in channels:  # subscribed before the welcome: nothing to wait for
+            assert pub.pubsub_numsub(channel)[0][1] == 1
         for item in GARBAGE:
             data = item if isinstance(item, bytes) else encode_op("intruder", item.pop("op"),
                                                                   item)
-            assert pub.publish(relay_channel("inject"), data) == 1
+            for channel in channels:
+                assert pub.publish(channel, data) == 1
         legit = encode_op("other-host", "broadcast", {
             "path": path, "type": "check",
             "payload": '{"success":true,"data":{"type":"check","data":"after"}}'})
-        pub.publish(relay_channel("inject"), legit)
+        pub.publish(channels[0], legit)
         got = c.receive_all(timeout=1.0)
         assert [m["data"]["type"] for m in got] == ["check"], got
         srv.http().post("/_test/broadcast", {"path": path,
@@ -273,7 +276,7 @@ def test_a_relayed_revoke_without_a_token_closes_no_anonymous_socket(make_server
     """
     import redis as redis_py
 
-    from flask_jpulse_ws.cluster.keys import relay_channel
+    from flask_jpulse_ws.cluster.keys import control_channel, namespace_channel
     from flask_jpulse_ws.cluster.relay import encode_op
 
     srv = make_server(settings={"JPULSE_WS_REDIS_URL": redis_server.url,
@@ -282,12 +285,10 @@ def test_a_relayed_revoke_without_a_token_closes_no_anonymous_socket(make_server
     pub = redis_py.Redis.from_url(redis_server.url)
     with WSTestClient(srv.ws_url(path)) as c:
         c.receive(type="connected")
-        wait_for(lambda: pub.pubsub_numsub(relay_channel("revoke-null"))[0][1] >= 1,
-                 message="the worker's subscription")
-        pub.publish(relay_channel("revoke-null"), encode_op("intruder", "revoke",
-                                                            {"token": None}))
-        # Relayed after the revoke on the same channel, so applied after it.
-        pub.publish(relay_channel("revoke-null"), encode_op("other-host", "broadcast", {
+        pub.publish(control_channel("revoke-null"), encode_op("intruder", "revoke",
+                                                              {"token": None}))
+        # Published after the revoke to the same subscriber connection: applied after it.
+        pub.publish(namespace_channel("revoke-null", path), encode_op("other-host", "broadcast", {
             "path": path, "type": "still-here",
             "payload": '{"success":true,"data":{"type":"still-here","data":1}}'}))
         assert c.receive(type="still-here")["data"]["data"] == 1

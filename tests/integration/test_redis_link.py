@@ -77,7 +77,7 @@ def test_fifty_concurrent_claims_over_a_two_connection_pool_degrade_nothing(redi
     assert claims.status()["made"] == 50 and claims.status()["deferred"] == 0
     assert downs == []
     assert link.batches < 50  # coalesced: several claims per pipeline
-    assert len(redis_py.Redis.from_url(redis_server.url).keys("link-test:cid:*")) == 50
+    assert len(redis_py.Redis.from_url(redis_server.url).keys("link-test:{*}:cid:*")) == 50
 
 
 def test_every_caller_gets_its_own_results_in_the_order_it_queued(redis_server):

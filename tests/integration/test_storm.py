@@ -71,7 +71,7 @@ def workers_relaying(redis_url):
     """Workers whose stats row is in Redis: each writes it every 2 s, only while its
     relay is whole (after a restart of an empty Redis, only those that recovered)."""
     client = redis_py.Redis.from_url(redis_url)
-    return sum(1 for _ in client.scan_iter(match="*:stats:*"))
+    return sum(1 for _ in client.scan_iter(match="*:{stats}:*"))
 
 
 def broadcast(srv, marker):

@@ -90,8 +90,8 @@ def test_stats_count_distinct_users_and_each_anonymous_client():
 def test_presence_keys_round_trip_and_stay_inside_the_prefix():
     path = "/api/1/ws/rooms/caf\u00e9 *:x"
     hkey, zkey = presence_keys("app", path)
-    assert hkey.startswith("app:presence:") and hkey.endswith(":members")
-    assert zkey.endswith(":expiry") and "*" not in hkey and " " not in hkey
+    assert hkey.startswith("app:{") and hkey.endswith("}:pm") and zkey.endswith("}:pe")
+    assert "*" not in hkey and " " not in hkey
 
 
 def test_settings_have_documented_defaults():
