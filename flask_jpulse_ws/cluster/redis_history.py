@@ -33,7 +33,8 @@ _RID = """
 local function master_rid()
   local info = redis.pcall('INFO', 'replication')
   if type(info) ~= 'string' then return '', 1 end
-  return string.match(info, 'master_replid:(%w+)') or '', 0
+  local at = string.find(info, 'master_replid:', 1, true)
+  return at and string.sub(info, at + 14, at + 53) or '', 0
 end
 local rid, noinfo = master_rid()
 """
