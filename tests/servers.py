@@ -243,7 +243,7 @@ class SentinelServer:
     """A private Redis Sentinel watching one master, tuned to fail over in seconds."""
 
     def __init__(self, master_port: int, service: str = "jpulse",
-                 down_after_ms: int = 1000) -> None:
+                 down_after_ms: int = 1000, failover_timeout_ms: int = 10000) -> None:
         self.port = free_port()
         self.service = service
         self.dir = tempfile.mkdtemp(prefix="sentinel-")
@@ -252,7 +252,7 @@ class SentinelServer:
             f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
             f"sentinel monitor {service} 127.0.0.1 {master_port} 1\n"
             f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
-            f"sentinel failover-timeout {service} 10000\n")
+            f"sentinel failover-timeout {service} {failover_timeout_ms}\n")
         self.proc: Optional[subprocess.Popen] = None
 
     def url(self, db: int = 0) -> str:

@@ -23,17 +23,34 @@ __all__ = ["RedisHistory"]
 
 log = logging.getLogger("flask_jpulse_ws")
 
+# Every script starts by reading the master's replication id (``master_replid``), which
+# Redis changes whenever a replica is promoted (Sentinel or Cluster) or a master restarts,
+# and stores it as ``rid`` beside the epoch. A stream whose ``rid`` is not the current
+# one may lack the last entries of the master that wrote it, and its offsets would be
+# given out again: the append and position scripts start a new epoch instead, and the
+# replay script refuses. An ACL without INFO gives '' (and a warning, once per process).
+_RID = """
+local function master_rid()
+  local info = redis.pcall('INFO', 'replication')
+  if type(info) ~= 'string' then return '', 1 end
+  local at = string.find(info, 'master_replid:', 1, true)
+  return at and string.sub(info, at + 14, at + 53) or '', 0
+end
+local rid, noinfo = master_rid()
+"""
+
 # KEYS: meta hash, stream (one hash tag: keys.py).
 # ARGV: frame JSON, max length, ttl ms, fresh epoch, reset flag, now ms, path, type,
 # the namespace's channel (same tag: a channel of another slot would fail in Redis
-# Cluster after the XADD had run).
-_APPEND = """
+# Cluster after the XADD had run). Returns {epoch, offset, 1 when INFO was refused}.
+_APPEND = _RID + """
 if ARGV[5] == '1' then redis.call('DEL', KEYS[1], KEYS[2]) end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'rid')
+local epoch = meta[1]
+if not epoch or meta[2] ~= rid then
   epoch = ARGV[4]
   redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0, 'rid', rid)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
 local frame = string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
@@ -42,26 +59,30 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('PUBLISH', ARGV[9], cjson.encode({op = 'hbroadcast', host = '', path = ARGV[7],
   payload = frame, offset = offset, epoch = epoch, type = ARGV[8]}))
-return {epoch, offset}
+return {epoch, offset, noinfo}
 """
 
-# KEYS: meta hash. ARGV: fresh epoch, ttl ms. Returns the position, creating the stream.
-_POSITION = """
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'epoch', epoch, 'offset', 0)
+# KEYS: meta hash, stream. ARGV: fresh epoch, ttl ms. Returns the position (creating the
+# epoch, and emptying the stream of a former one): {epoch, offset, INFO refused}.
+_POSITION = _RID + """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'rid')
+if not meta[1] or meta[3] ~= rid then
+  meta[1], meta[2] = ARGV[1], 0
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'offset', 0, 'rid', rid)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return {epoch, tonumber(redis.call('HGET', KEYS[1], 'offset'))}
+return {meta[1], tonumber(meta[2]), noinfo}
 """
 
 
 # KEYS: meta hash, stream. ARGV: the last offset the client has. Reads the position and
-# the entries after it at one instant: {epoch, offset, id1, fields1, id2, fields2, ...}.
-_SINCE = """
-local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
-local out = {meta[1] or false, meta[2] or false}
+# the entries after it at one instant: {epoch, offset, INFO refused, id1, fields1, ...};
+# no epoch when the stream was written under another master (its tail may be lost).
+_SINCE = _RID + """
+local meta = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'rid')
+if meta[3] ~= rid then return {false, false, noinfo} end
+local out = {meta[1] or false, meta[2] or false, noinfo}
 for _, entry in ipairs(redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[1], '+')) do
   out[#out + 1] = entry[1]
   out[#out + 1] = entry[2]
@@ -100,12 +121,12 @@ class RedisHistory:
         meta, stream = history_keys(self.relay.prefix, path)
         reset = "1" if path in self._broken else "0"
         try:
-            self.link.eval(self._append, [meta, stream],
-                           [frame_json, size, int(ttl * 1000), new_epoch(), reset,
-                            int(time.time() * 1000), path,
-                            msg_type if isinstance(msg_type, str) else "",
-                            namespace_channel(self.relay.prefix, path)],
-                           timeout=APPEND_WAIT)
+            reply = self.link.eval(self._append, [meta, stream],
+                                   [frame_json, size, int(ttl * 1000), new_epoch(), reset,
+                                    int(time.time() * 1000), path,
+                                    msg_type if isinstance(msg_type, str) else "",
+                                    namespace_channel(self.relay.prefix, path)],
+                                   timeout=APPEND_WAIT)
         except LinkError as exc:
             self._broken.add(path)
             if isinstance(exc, LinkBusy) and exc.sent:
@@ -115,18 +136,21 @@ class RedisHistory:
                 log.warning("history append of %s failed: %s", path, exc)
             return to.plain()
         self._broken.discard(path)
+        _check_rid(reply[2])
         return to.later()
 
     def position(self, path: str, ttl: float) -> Optional[Position]:
         if not self.relay.ensure_available():
             return None
-        meta, _ = history_keys(self.relay.prefix, path)
+        meta, stream = history_keys(self.relay.prefix, path)
         try:
-            epoch, offset = self.link.eval(self._position, [meta],
-                                           [new_epoch(), int(ttl * 1000)], timeout=READ_WAIT)
+            epoch, offset, no_info = self.link.eval(
+                self._position, [meta, stream], [new_epoch(), int(ttl * 1000)],
+                timeout=READ_WAIT)
         except LinkError as exc:
             log.info("history position of %s not read: %s", path, exc)
             return None
+        _check_rid(no_info)
         return _text(epoch), int(offset)
 
     def since(self, path: str, since: Position, ttl: float
@@ -140,7 +164,8 @@ class RedisHistory:
         except LinkError as exc:
             log.info("history of %s not read: %s", path, exc)
             return None
-        epoch, offset, rest = reply[0], reply[1], reply[2:]
+        epoch, offset, rest = reply[0], reply[1], reply[3:]
+        _check_rid(reply[2])
         if not epoch or _text(epoch) != since[0] or int(offset) < since[1]:
             return None
         wanted = int(offset) - since[1]
@@ -159,6 +184,19 @@ class RedisHistory:
 
     def drop(self, path: str) -> None:
         """Streams in Redis expire by themselves; nothing to do per process."""
+
+
+_rid_warned = False  # one warning per process, not one per broadcast
+
+
+def _check_rid(no_info: Any) -> None:
+    """Warn once when the scripts could not read the master's replication id."""
+    global _rid_warned
+    if no_info and not _rid_warned:
+        _rid_warned = True
+        log.warning("Redis refuses INFO to this user: history cannot tell a failover or a "
+                    "restart from an older snapshot, so a client recovering across one may "
+                    "miss messages; allow the info command (+info) to turn detection on")
 
 
 def _text(value: Any) -> str:
