@@ -355,7 +355,7 @@ def main(argv=None) -> int:
     results = {"args": {k: str(v) for k, v in vars(args).items()}, "cells": {}}
     for placement in placements:
         rows = []
-        for rep in range(args.reps):
+        for _ in range(args.reps):
             with tempfile.TemporaryDirectory(prefix="scaleout-") as tmp:
                 row = run_cell(args, placement, Path(tmp))
             rows.append(row)
