@@ -1,10 +1,12 @@
 """Short Redis commands of a process on a Redis Cluster: one auto-pipelined link per
 master (``redis_link.RedisLink``), and each call sent to the master of its slot.
 
-Every call of the relay touches one slot: a namespace's commands share its hash tag
-(``keys.py``), the stats theirs. So a call is never split: it goes whole to the master
-that serves the slot of its first key, as the cluster's slot map says
-(:class:`ClusterTopology`, read with ``CLUSTER SLOTS``). Redirections are followed: a
+Every script and every command of the relay touches one slot: a namespace's keys share
+its hash tag (``keys.py``), the stats theirs. A call goes to the master that serves the
+slot of its keys, as the cluster's slot map says (:class:`ClusterTopology`, read with
+``CLUSTER SLOTS``); a pipeline over several namespaces (a presence tick, the claims'
+refresh) is split by master, each part sent on that master's link, and the results put
+back in order. Redirections are followed: a
 ``MOVED`` refreshes the map and sends the call again (the command did not run), an
 ``ASK`` sends it to the importing node behind ``ASKING``, and ``TRYAGAIN`` waits a
 little. A call without a key (``PING``) goes to every master: the relay's probe only
@@ -38,18 +40,23 @@ TRYAGAIN_WAIT = 0.05
 _KEYLESS = frozenset({"PING", "INFO", "SCRIPT"})
 
 
+def slot_of_command(args: Sequence[Any]) -> Optional[int]:
+    """The slot of one command's first key; ``None`` for a command without keys."""
+    name = str(args[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return _slot(args[3]) if int(args[2]) > 0 else None
+    if name in _KEYLESS or len(args) < 2:
+        return None
+    return _slot(args[1])
+
+
 def slot_of_call(commands: Sequence[Any]) -> Optional[int]:
     """The slot of a recorded call (redis-py pipeline ``command_stack``): that of the
-    first key of its first command; ``None`` for a call without keys."""
+    first key of its first command with keys; ``None`` for a call without keys."""
     for args, _ in commands:
-        name = str(args[0]).upper()
-        if name in ("EVAL", "EVALSHA"):
-            if int(args[2]) > 0:
-                return _slot(args[3])
-            continue
-        if name in _KEYLESS or len(args) < 2:
-            continue
-        return _slot(args[1])
+        slot = slot_of_command(args)
+        if slot is not None:
+            return slot
     return None
 
 
@@ -136,9 +143,34 @@ class ClusterLink:
 
     def run(self, recorded: Any, timeout: Optional[float] = CALL_WAIT,
             cancel_on_timeout: bool = True) -> List[Any]:
-        slot = slot_of_call(recorded.command_stack)
-        if slot is None:
+        slots = [slot_of_command(args) for args, _ in recorded.command_stack]
+        known = {slot for slot in slots if slot is not None}
+        if not known:
             return self._run_everywhere(recorded, timeout, cancel_on_timeout)
+        if len(known) > 1:
+            return self._run_split(recorded, slots, timeout, cancel_on_timeout)
+        return self._run_on_slot(recorded, known.pop(), timeout, cancel_on_timeout)
+
+    def _run_split(self, recorded: Any, slots: List[Optional[int]],
+                   timeout: Optional[float], cancel_on_timeout: bool) -> List[Any]:
+        """Commands of several slots: one part per slot, in turn (a part is one round
+        trip queued with whatever else goes to that master)."""
+        parts: Dict[int, List[int]] = {}
+        first = next(s for s in slots if s is not None)
+        for index, slot in enumerate(slots):
+            parts.setdefault(first if slot is None else slot, []).append(index)
+        results: List[Any] = [None] * len(slots)
+        for slot, indexes in parts.items():
+            part = self.pipeline()
+            part.command_stack = [recorded.command_stack[i] for i in indexes]
+            part.scripts = set(recorded.scripts)
+            for index, result in zip(indexes, self._run_on_slot(part, slot, timeout,
+                                                                cancel_on_timeout)):
+                results[index] = result
+        return results
+
+    def _run_on_slot(self, recorded: Any, slot: int, timeout: Optional[float],
+                     cancel_on_timeout: bool) -> List[Any]:
         deadline = None if timeout is None else concurrency.monotonic() + timeout
         for _ in range(MAX_REDIRECTS):
             node = self.topology.node_of(slot)
@@ -174,7 +206,8 @@ class ClusterLink:
         return results
 
     def post(self, recorded: Any) -> bool:
-        """Queue without waiting (stats): sent to the slot's master as the map says."""
+        """Queue without waiting (stats, revocations): sent to the master of the slot of
+        its first key, as the map says (such calls touch one slot)."""
         slot = slot_of_call(recorded.command_stack)
         try:
             node = self.topology.node_of(slot) if slot is not None else \
@@ -217,8 +250,10 @@ class ClusterLink:
         link = self._links.get(node)
         if link is None:
             client = node_client(self._spec, node[0], node[1], **self._options)
-            link = self._links[node] = RedisLink(
-                client, on_down=lambda reason, n=node: self._node_down(n, reason))
+            def on_down(reason: str, n: Node = node) -> None:
+                self._node_down(n, reason)
+
+            link = self._links[node] = RedisLink(client, on_down=on_down)
         return link
 
     def _node_down(self, node: Node, reason: str) -> None:

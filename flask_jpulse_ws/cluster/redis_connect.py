@@ -140,15 +140,15 @@ def redis_client(url: str, **options: Any) -> Any:
     if scheme in CLUSTER_SCHEMES:
         from redis.cluster import ClusterNode, RedisCluster
 
-        spec = parse_cluster_url(url)
-        if spec.username:
-            options["username"] = spec.username
-        if spec.password is not None:
-            options["password"] = spec.password
-        if spec.ssl:
+        nodes = parse_cluster_url(url)
+        if nodes.username:
+            options["username"] = nodes.username
+        if nodes.password is not None:
+            options["password"] = nodes.password
+        if nodes.ssl:
             options["ssl"] = True
-        options.pop("max_connections", None)
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in spec.nodes],
+        options.pop("max_connections", None)  # RedisCluster keeps a pool per node
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes.nodes],
                             **options)
     if scheme not in SENTINEL_SCHEMES:
         return redis.Redis.from_url(url, **options)

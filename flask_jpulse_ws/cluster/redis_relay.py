@@ -84,7 +84,7 @@ def check_cooperative() -> None:
             "before importing anything else; unset JPULSE_WS_REDIS_URL for one process.")
 
 
-class WrongTopology(RuntimeError):
+class WrongTopologyError(RuntimeError):
     """The URL's kind does not match the Redis behind it (a cluster node behind a plain
     URL, a Redis older than 7 behind ``redis+cluster://``)."""
 
@@ -94,7 +94,7 @@ def _refuse_a_cluster_node(connection: Any) -> None:
     info = connection.read_response()
     text = info.decode() if isinstance(info, bytes) else str(info)
     if "cluster_enabled:1" in text:
-        raise WrongTopology(
+        raise WrongTopologyError(
             "JPULSE_WS_REDIS_URL names a node of a Redis Cluster: use "
             "redis+cluster://host:port[,host:port...] (keys of one namespace live on one "
             "shard; a plain URL would meet MOVED errors)")
@@ -267,7 +267,7 @@ class RedisRelay:
                 self.interest.resubscribe()
                 backoff = BACKOFF_MIN
                 sub.run()
-            except WrongTopology as exc:
+            except WrongTopologyError as exc:
                 self._lost(str(exc))
                 log.error("%s", exc)
                 concurrency.sleep(BACKOFF_MAX * 20)  # a configuration error: no log storm
@@ -296,7 +296,7 @@ class RedisRelay:
 
     def _on_confirm(self, kind: bytes, channel: bytes) -> None:
         if channel in self._always:
-            if kind == b"subscribe" and channel == self.control.encode():
+            if kind in (b"subscribe", b"ssubscribe") and channel == self.control.encode():
                 # Not here: the reader must never wait on the link.
                 concurrency.spawn(self._on_subscribed)
             return
