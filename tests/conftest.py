@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import GunicornServer, RedisServer  # noqa: E402
+from servers import GunicornServer, RedisClusterServers, RedisServer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,24 @@ def redis_server():
     srv = RedisServer().start()
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_nodes():
+    """A private Redis Cluster (3 masters, 3 replicas) shared by the tests that run on
+    both topologies; a test that kills nodes starts its own."""
+    nodes = RedisClusterServers(masters=3, replicas=1).start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture(scope="module", params=["single", "cluster"])
+def relay_url(request):
+    """``JPULSE_WS_REDIS_URL`` of one Redis, then of a Redis Cluster: a module whose
+    server fixture takes it runs every test on both topologies."""
+    if request.param == "single":
+        return request.getfixturevalue("redis_server").url
+    return request.getfixturevalue("redis_cluster_nodes").url
 
 
 #: tests/apps/browser_app.py, shared by the browser tests and the Python client's tests:

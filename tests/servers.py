@@ -270,3 +270,108 @@ class SentinelServer:
     def stop(self) -> None:
         _terminate(self.proc)
         self.proc = None
+
+
+def _cluster_ports(n: int) -> List[int]:
+    """``n`` free ports whose cluster bus port (port + 10000) is free too."""
+    ports: List[int] = []
+    while len(ports) < n:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports or _port_open(port + 10000):
+            continue
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+class RedisClusterServers:
+    """A private Redis Cluster: ``masters`` masters, each with ``replicas`` replicas,
+    on free ports, ready once every node says ``cluster_state:ok`` and every replica
+    ``master_link_status:up``. Nodes are killed by pid, never by name."""
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000
+                 ) -> None:
+        self.masters, self.replicas = masters, replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = _cluster_ports(masters * (1 + replicas))
+        self.dir = tempfile.mkdtemp(prefix="redis-cluster-")
+        self.procs: Dict[int, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def _start_node(self, port: int) -> None:
+        node_dir = Path(self.dir) / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(port),
+             "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(node_dir / "nodes.conf"),
+             "--cluster-node-timeout", str(self.node_timeout_ms),
+             "--cluster-require-full-coverage", "no", "--save", "", "--appendonly", "no",
+             "--enable-debug-command", "yes", "--dir", str(node_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self) -> RedisClusterServers:
+        for port in self.ports:
+            self._start_node(port)
+        for port in self.ports:
+            wait_for(lambda p=port: _port_open(p), timeout=10, message="a cluster node")
+        subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas",
+                        str(self.replicas), "--cluster-yes"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)
+        self.wait_healthy()
+        return self
+
+    def client(self, port: int) -> Any:
+        import redis as redis_py
+        return redis_py.Redis(port=port, socket_timeout=2, decode_responses=True)
+
+    def _info(self, port: int, section: str) -> Dict[str, Any]:
+        with self.client(port) as r:
+            return r.info(section) if section != "cluster" else dict(
+                line.split(":", 1) for line in r.execute_command("CLUSTER", "INFO")
+                .splitlines() if ":" in line)
+
+    def alive(self) -> List[int]:
+        return [p for p, proc in self.procs.items() if proc.poll() is None]
+
+    def master_ports(self) -> List[int]:
+        return [p for p in self.alive() if self._info(p, "replication")["role"] == "master"]
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        def healthy() -> bool:
+            for port in self.alive():
+                if self._info(port, "cluster").get("cluster_state") != "ok":
+                    return False
+                info = self._info(port, "replication")
+                if info["role"] == "slave" and info.get("master_link_status") != "up":
+                    return False
+            return True
+        wait_for(healthy, timeout=timeout, interval=0.05, message="a healthy Redis Cluster")
+
+    def port_of_slot(self, slot: int) -> int:
+        """The port of the master serving ``slot``, as the cluster sees it now."""
+        with self.client(self.alive()[0]) as r:
+            for start, end, master, *_ in r.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return int(master[1])
+        raise LookupError(f"no master serves slot {slot}")
+
+    def kill(self, port: int) -> None:
+        proc = self.procs.get(port)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(5)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            _terminate(proc)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -20,7 +20,7 @@ from redis.retry import Retry
 from ..core import envelope
 from ..core.paths import validate_path
 from .keys import check_prefix
-from .redis_connect import redis_client
+from .redis_connect import is_cluster_url, redis_client
 from .relay import channel_for, encode_op, new_host_id
 
 __all__ = ["Emitter"]
@@ -37,7 +37,7 @@ class Emitter:
     twice; the caller decides, e.g. with Celery's own retry).
 
     :param redis_url: the servers' ``JPULSE_WS_REDIS_URL`` (``redis://``, ``rediss://``,
-        ``unix://`` or ``redis+sentinel://``).
+        ``unix://``, ``redis+sentinel://`` or ``redis+cluster://``).
     :param channel_prefix: the servers' ``JPULSE_WS_CHANNEL_PREFIX``.
     :param wire_ctx_fields: the servers' ``JPULSE_WS_WIRE_CTX_FIELDS``.
     """
@@ -48,13 +48,16 @@ class Emitter:
         self.prefix = check_prefix(channel_prefix)
         self.host_id = new_host_id("emitter")
         self.wire_ctx_fields = tuple(wire_ctx_fields)
+        # Sharded pub/sub on a Redis Cluster: the servers listen with SSUBSCRIBE.
+        self._verb = "SPUBLISH" if is_cluster_url(redis_url) else "PUBLISH"
         self._redis = redis_client(redis_url, socket_timeout=timeout,
                                    socket_connect_timeout=timeout,
                                    retry=Retry(NoBackoff(), 0))
 
     def _publish(self, op: str, **fields: Any) -> int:
         channel = channel_for(self.prefix, op, fields)
-        return int(self._redis.publish(channel, encode_op(self.host_id, op, fields)))
+        return int(self._redis.execute_command(self._verb, channel,
+                                               encode_op(self.host_id, op, fields)))
 
     def broadcast(self, path: str, data: Dict[str, Any], ctx: Any = None) -> int:
         """Send ``{type, data}`` to every client of a concrete path on every process.

@@ -27,4 +27,9 @@ class LinkBusy(LinkError):  # noqa: N818 - named for the state it reports
 
 
 class CommandFailed(LinkError):  # noqa: N818 - named for the state it reports
-    """Redis answered a command with an error."""
+    """Redis answered a command with an error (``reply``: redis-py's exception for it,
+    e.g. a ``MovedError`` the Redis Cluster link follows)."""
+
+    def __init__(self, message: str, reply: object = None) -> None:
+        super().__init__(message)
+        self.reply = reply

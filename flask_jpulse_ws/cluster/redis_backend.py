@@ -12,7 +12,9 @@ from typing import Any, Dict
 
 from ..config import Settings
 from .backend import Backend, Hooks
+from .cluster_relay import ClusterRelay
 from .id_claims import IdClaims
+from .redis_connect import is_cluster_url
 from .redis_history import RedisHistory
 from .redis_relay import RedisRelay
 from .remote_request import RemoteRequests
@@ -22,14 +24,18 @@ __all__ = ["RedisBackend"]
 
 
 class RedisBackend(Backend):
-    """Every process of the app shares one Redis (plain, Sentinel); each listens
-    only to the namespaces it holds clients of."""
+    """Every process of the app shares one Redis (plain, Sentinel) or one Redis
+    Cluster; each listens only to the namespaces it holds clients of."""
 
     kind = "RedisRelay"
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
-        self.relay = RedisRelay(str(settings.redis_url), settings.channel_prefix,
+        url = str(settings.redis_url)
+        # A Redis Cluster needs sharded pub/sub and a link per master (cluster_relay.py).
+        relay_class = ClusterRelay if is_cluster_url(url) else RedisRelay
+        self.kind = relay_class.__name__
+        self.relay = relay_class(url, settings.channel_prefix,
                                 self.host_id, on_op=self._on_op,
                                 on_gap=lambda reason: self.hooks.resync_all(reason),
                                 on_late=lambda paths: self.hooks.resync_paths(

@@ -42,7 +42,8 @@ local rid, noinfo = master_rid()
 # KEYS: meta hash, stream (one hash tag: keys.py).
 # ARGV: frame JSON, max length, ttl ms, fresh epoch, reset flag, now ms, path, type,
 # the namespace's channel (same tag: a channel of another slot would fail in Redis
-# Cluster after the XADD had run). Returns {epoch, offset, 1 when INFO was refused}.
+# Cluster after the XADD had run), PUBLISH or SPUBLISH (Redis Cluster).
+# Returns {epoch, offset, 1 when INFO was refused}.
 _APPEND = _RID + """
 if ARGV[5] == '1' then redis.call('DEL', KEYS[1], KEYS[2]) end
 local meta = redis.call('HMGET', KEYS[1], 'epoch', 'rid')
@@ -57,7 +58,7 @@ local frame = string.sub(ARGV[1], 1, -2) .. ',"offset":' .. offset .. ',"epoch":
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. offset, 'f', frame, 't', ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[9], cjson.encode({op = 'hbroadcast', host = '', path = ARGV[7],
+redis.call(ARGV[10], ARGV[9], cjson.encode({op = 'hbroadcast', host = '', path = ARGV[7],
   payload = frame, offset = offset, epoch = epoch, type = ARGV[8]}))
 return {epoch, offset, noinfo}
 """
@@ -125,7 +126,8 @@ class RedisHistory:
                                    [frame_json, size, int(ttl * 1000), new_epoch(), reset,
                                     int(time.time() * 1000), path,
                                     msg_type if isinstance(msg_type, str) else "",
-                                    namespace_channel(self.relay.prefix, path)],
+                                    namespace_channel(self.relay.prefix, path),
+                                    self.relay.publish_verb],
                                    timeout=APPEND_WAIT)
         except LinkError as exc:
             self._broken.add(path)

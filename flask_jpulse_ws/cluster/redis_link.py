@@ -259,7 +259,7 @@ class RedisLink:
                 continue
             error = next((r for r in mine if isinstance(r, Exception)), None)
             if error is not None:
-                self._finish(call, None, CommandFailed(str(error)))
+                self._finish(call, None, CommandFailed(str(error), reply=error))
             else:
                 self._finish(call, mine, None)
         if retry:

@@ -84,6 +84,22 @@ def check_cooperative() -> None:
             "before importing anything else; unset JPULSE_WS_REDIS_URL for one process.")
 
 
+class WrongTopologyError(RuntimeError):
+    """The URL's kind does not match the Redis behind it (a cluster node behind a plain
+    URL, a Redis older than 7 behind ``redis+cluster://``)."""
+
+
+def _refuse_a_cluster_node(connection: Any) -> None:
+    connection.send_command("INFO", "cluster")
+    info = connection.read_response()
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    if "cluster_enabled:1" in text:
+        raise WrongTopologyError(
+            "JPULSE_WS_REDIS_URL names a node of a Redis Cluster: use "
+            "redis+cluster://host:port[,host:port...] (keys of one namespace live on one "
+            "shard; a plain URL would meet MOVED errors)")
+
+
 class RedisRelay:
     """Relay over Redis pub/sub (a channel per namespace, a control channel, an inbox
     per process) and the circuit of this process's Redis connections.
@@ -108,18 +124,14 @@ class RedisRelay:
         self._on_op, self._on_gap = on_op, on_gap
         self._on_recovered, self._stats_row = on_recovered, stats_row
         self.interest = Interest(lambda path: namespace_channel(prefix, path),
-                                 self._send_subscription, on_late, linger)
+                                 self._send_subscription, on_late, linger,
+                                 *self.subscribe_verbs)
         self._subscriber: Optional[Subscriber] = None
         self._always: Set[bytes] = set()  # control and inbox: decoded whatever we hold
         self.degraded = False
         #: Publish this process's stats row (False for a command line: it serves nobody).
         self.announce = True
-        # One connection for every short command of this process (redis_link.py); the
-        # pool holds one because only the link's flusher ever borrows from it.
-        self.link = RedisLink(redis_client(self.url, socket_timeout=REPLY_TIMEOUT,
-                                           socket_connect_timeout=CONNECT_TIMEOUT,
-                                           retry=_NO_RETRY, max_connections=1),
-                              on_down=self.report_failure)
+        self.link: Any = self._make_link()
         self._first_attempt: Any = None
         self._started = False
         self._stopped = False
@@ -140,6 +152,18 @@ class RedisRelay:
         self.dropped = 0
         self.outages = 0
         self.resyncs = 0
+
+    #: PUBLISH, or SPUBLISH in Redis Cluster (``cluster_relay.py``).
+    publish_verb = "PUBLISH"
+    subscribe_verbs = ("SUBSCRIBE", "UNSUBSCRIBE")
+
+    def _make_link(self) -> Any:
+        # One connection for every short command of this process (redis_link.py); the
+        # pool holds one because only the link's flusher ever borrows from it.
+        return RedisLink(redis_client(self.url, socket_timeout=REPLY_TIMEOUT,
+                                      socket_connect_timeout=CONNECT_TIMEOUT,
+                                      retry=_NO_RETRY, max_connections=1),
+                         on_down=self.report_failure)
 
     # ------------------------------------------------------------------ life
     def start(self) -> None:
@@ -194,7 +218,7 @@ class RedisRelay:
             self._drop(op, path, fields)
             return None
         try:
-            receivers = self.link.call("PUBLISH", channel_for(self.prefix, op, fields),
+            receivers = self.link.call(self.publish_verb, channel_for(self.prefix, op, fields),
                                        encode_op(self.host_id, op, fields),
                                        timeout=PUBLISH_WAIT, cancel_on_timeout=False)
             self.published += 1
@@ -235,6 +259,7 @@ class RedisRelay:
                                       socket_connect_timeout=CONNECT_TIMEOUT,
                                       retry=_NO_RETRY, protocol=2)
                 connection = client.connection_pool.get_connection()
+                _refuse_a_cluster_node(connection)
                 sub = Subscriber(connection._sock, self._on_message, self._on_confirm,
                                  HEALTH_CHECK_INTERVAL, SUBSCRIBER_TIMEOUT)
                 self._subscriber = sub
@@ -242,6 +267,10 @@ class RedisRelay:
                 self.interest.resubscribe()
                 backoff = BACKOFF_MIN
                 sub.run()
+            except WrongTopologyError as exc:
+                self._lost(str(exc))
+                log.error("%s", exc)
+                concurrency.sleep(BACKOFF_MAX * 20)  # a configuration error: no log storm
             except (SubscriberLost, redis.RedisError, OSError) as exc:
                 self._lost(f"subscription lost: {exc}")
             except Exception:  # keep the subscriber alive whatever happens
@@ -267,7 +296,7 @@ class RedisRelay:
 
     def _on_confirm(self, kind: bytes, channel: bytes) -> None:
         if channel in self._always:
-            if kind == b"subscribe" and channel == self.control.encode():
+            if kind in (b"subscribe", b"ssubscribe") and channel == self.control.encode():
                 # Not here: the reader must never wait on the link.
                 concurrency.spawn(self._on_subscribed)
             return

@@ -29,8 +29,8 @@ def start_cluster(redis_url, **settings):
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_server):
-    srv = start_cluster(redis_server.url)
+def cluster(relay_url):
+    srv = start_cluster(relay_url)
     yield srv
     srv.stop()
 
@@ -329,7 +329,7 @@ def test_remove_namespace_closes_its_clients_on_every_worker(cluster):
 
 
 @pytest.mark.cluster
-def test_emitter_from_a_plain_python_process(cluster, redis_server):
+def test_emitter_from_a_plain_python_process(cluster, relay_url):
     """A script without Flask app or gevent broadcasts and sends to one client."""
     clients = open_spread(cluster, 6)
     try:
@@ -338,9 +338,9 @@ def test_emitter_from_a_plain_python_process(cluster, redis_server):
 import sys
 from flask_jpulse_ws import Emitter
 assert "gevent" not in sys.modules
-with Emitter({redis_server.url!r}, channel_prefix="another-app") as other:
+with Emitter({relay_url!r}, channel_prefix="another-app") as other:
     other.broadcast({NS!r}, {{"type": "news", "data": "not for us"}})
-with Emitter({redis_server.url!r}) as e:
+with Emitter({relay_url!r}) as e:
     print(e.broadcast({NS!r}, {{"type": "news", "data": "from cron"}}))
     e.send_to_client({NS!r}, {target.client_id!r}, {{"type": "dm", "data": "just you"}})
 assert "gevent" not in sys.modules
@@ -632,7 +632,7 @@ def test_send_to_user_reaches_every_socket_of_that_user_on_every_worker(cluster)
 
 @pytest.mark.cluster
 def test_a_logged_out_session_is_refused_on_every_worker_and_by_later_ones(cluster,
-                                                                           redis_server):
+                                                                           relay_url):
     """Logout on one worker: a replay of the session's cookie is refused 4401 by every
     worker, and by a server started afterwards (it learns it from Redis)."""
     http = cluster.http()
@@ -643,7 +643,7 @@ def test_a_logged_out_session_is_refused_on_every_worker_and_by_later_ones(clust
         codes = list(pool.map(lambda _: WSTestClient(cluster.ws_url(NS), headers=stolen)
                               .wait_closed(), range(6)))
     assert codes == [4401] * 6
-    later = start_cluster(redis_server.url)
+    later = start_cluster(relay_url)
     try:
         assert WSTestClient(later.ws_url(NS), headers=stolen).wait_closed() == 4401
         fresh = later.http()

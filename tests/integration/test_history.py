@@ -186,10 +186,11 @@ def test_broadcasts_racing_with_the_reconnect_are_neither_lost_nor_duplicated(se
 
 
 @pytest.mark.cluster
-def test_broadcasts_racing_with_the_reconnect_over_redis_on_two_workers(redis_server):
-    """The same race on two workers sharing a private redis-server: the broadcasts come
-    from either worker (through Redis), the reconnect lands on either one."""
-    srv = GunicornServer(workers=2, settings={"JPULSE_WS_REDIS_URL": redis_server.url,
+def test_broadcasts_racing_with_the_reconnect_over_redis_on_two_workers(relay_url):
+    """The same race on two workers sharing a private redis-server (or a Redis Cluster):
+    the broadcasts come from either worker (through Redis), the reconnect lands on either
+    one."""
+    srv = GunicornServer(workers=2, settings={"JPULSE_WS_REDIS_URL": relay_url,
                                               "JPULSE_WS_CHANNEL_PREFIX": "history-race"})
     srv.start()
     try:

@@ -30,9 +30,9 @@ def room(name):
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_server):
+def cluster(relay_url):
     srv = GunicornServer(app=APP, workers=WORKERS, settings={
-        "JPULSE_WS_REDIS_URL": redis_server.url, "JPULSE_WS_CHANNEL_PREFIX": "presence-test",
+        "JPULSE_WS_REDIS_URL": relay_url, "JPULSE_WS_CHANNEL_PREFIX": "presence-test",
         "JPULSE_WS_PRESENCE_TTL": TTL, "JPULSE_WS_PRESENCE_BATCH": BATCH}).start()
     wait_for(lambda: len(srv.worker_pids()) == WORKERS, message="three workers")
     yield srv
