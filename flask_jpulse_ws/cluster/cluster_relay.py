@@ -202,10 +202,13 @@ class ClusterRelay(RedisRelay):
 
 
 def _check_node(connection: Any, node: Node) -> None:
-    connection.send_command("INFO", "server")
-    version = _info_field(connection.read_response(), "redis_version")
-    connection.send_command("INFO", "cluster")
-    enabled = _info_field(connection.read_response(), "cluster_enabled")
+    try:
+        connection.send_command("INFO", "server")
+        version = _info_field(connection.read_response(), "redis_version")
+        connection.send_command("INFO", "cluster")
+        enabled = _info_field(connection.read_response(), "cluster_enabled")
+    except redis.ResponseError:  # an ACL without INFO: SSUBSCRIBE's own error will tell
+        return
     if enabled != "1":
         raise WrongTopologyError(
             f"JPULSE_WS_REDIS_URL is a redis+cluster:// URL but {node[0]}:{node[1]} is not "

@@ -101,3 +101,13 @@ def test_a_node_older_than_7_or_outside_a_cluster_is_refused(version, enabled, e
     else:
         with pytest.raises(WrongTopologyError, match=error):
             _check_node(_Node(version, enabled), ("h", 1))
+
+
+def test_a_node_refusing_info_is_not_refused_for_it():
+    import redis
+
+    class NoInfo(_Node):
+        def read_response(self):
+            raise redis.ResponseError("NOPERM this user has no permissions to run 'info'")
+
+    _check_node(NoInfo("7.0.0", "1"), ("h", 1))
