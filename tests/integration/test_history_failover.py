@@ -11,7 +11,8 @@ import threading
 
 import pytest
 import redis as redis_py
-from servers import GunicornServer, RedisServer, SentinelServer, wait_for
+from redis.crc import key_slot
+from servers import GunicornServer, RedisClusterServers, RedisServer, SentinelServer, wait_for
 
 from flask_jpulse_ws.cluster.keys import history_keys
 from flask_jpulse_ws.testing import WSTestClient
@@ -258,3 +259,33 @@ def test_a_user_without_info_keeps_history_and_is_warned_once():
     finally:
         server.stop()
         redis.stop()
+
+
+def test_a_redis_cluster_failover_never_recovers_a_client_with_a_hole():
+    """The namespace's shard loses its master; its replica is promoted. A client away
+    during the failover gets an exact replay or ``recovered: false``; one connected
+    within the same master's epoch recovers exactly."""
+    nodes = RedisClusterServers(masters=3, replicas=1, node_timeout_ms=1000).start()
+    server = start_server(nodes.url)
+    try:
+        c, start = join(server)
+        broadcast(server, 10)
+        last_position(c, 10)
+        c.close()
+        # Within one master: an exact replay.
+        seqs, recovered, _ = recover(server, (start["epoch"], start["offset"]))
+        assert recovered == {"recovered": True, "count": 10} and seqs == list(range(10))
+        victim = nodes.port_of_slot(key_slot(META.encode()))
+        nodes.kill(victim)
+        wait_for(lambda: nodes.port_of_slot(key_slot(META.encode())) != victim,
+                 timeout=30, message="the replica promoted")
+        relay_restored(server)
+        broadcast(server, 5)
+        seqs, recovered, welcome = recover(server, (start["epoch"], start["offset"]))
+        assert_no_hole(seqs, recovered, list(range(10)) + list(range(5)))
+        # The promoted replica has a replication id of its own: a new epoch.
+        assert welcome["epoch"] != start["epoch"]
+        assert recovered["recovered"] is False
+    finally:
+        server.stop()
+        nodes.stop()
