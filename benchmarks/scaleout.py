@@ -19,6 +19,7 @@ Placements:
 
     .venv/bin/python benchmarks/scaleout.py                      # both, 3 repetitions
     .venv/bin/python benchmarks/scaleout.py --placement owned --reps 1 --rate 1000
+    .venv/bin/python benchmarks/scaleout.py --topology cluster --name scaleout-cluster
     .venv/bin/python benchmarks/scaleout.py --server-python /tmp/old/.venv/bin/python \\
         --server-src /tmp/old --relay single --name before      # an older checkout
 
@@ -51,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 import loadgen as lg  # noqa: E402
 import psutil  # noqa: E402
 import redis  # noqa: E402
+from redis.crc import key_slot  # noqa: E402
 
 from flask_jpulse_ws.cluster.relay import channel_for, encode_op  # noqa: E402
 
@@ -88,15 +90,92 @@ class RedisServer:
         info = redis.Redis.from_url(self.url).info("cpu")
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
+    def cpu_by_node(self) -> dict[int, float]:
+        return {self.port: self.cpu_seconds()}
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+
+
+class RedisClusterNodes:
+    """``masters`` redis-server nodes in a Redis Cluster (no replicas: only the CPU of
+    the masters is measured), on free ports whose bus port (+10000) is free too."""
+
+    def __init__(self, workdir: Path, masters: int = 3):
+        self.ports: list[int] = []
+        while len(self.ports) < masters:
+            port = free_port()
+            if port + 10000 < 65536 and port_free(port + 10000) and port not in self.ports:
+                self.ports.append(port)
+        self.procs = []
+        for port in self.ports:
+            node_dir = workdir / f"node-{port}"
+            node_dir.mkdir()
+            self.procs.append(subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", "--port", str(port),
+                 "--bind", "127.0.0.1", "--cluster-enabled", "yes", "--cluster-config-file",
+                 str(node_dir / "nodes.conf"), "--save", "", "--appendonly", "no",
+                 "--dir", str(node_dir)],
+                stdout=open(node_dir / "redis.log", "wb"), stderr=subprocess.STDOUT,
+                start_new_session=True))
+        for port in self.ports:
+            wait_port(port)
+        subprocess.run([shutil.which("redis-cli") or "redis-cli", "--cluster", "create",
+                        *[f"127.0.0.1:{p}" for p in self.ports], "--cluster-replicas", "0",
+                        "--cluster-yes"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60)
+        deadline = time.monotonic() + 30
+        while not all(b"cluster_state:ok" in redis.Redis(port=p).execute_command(
+                "CLUSTER", "INFO") for p in self.ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become healthy")
+            time.sleep(0.1)
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    def cpu_by_node(self) -> dict[int, float]:
+        out = {}
+        for port in self.ports:
+            info = redis.Redis(port=port).info("cpu")
+            out[port] = float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        return out
+
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu_by_node().values())
+
+    def stop(self):
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(10)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Gunicorn:
     def __init__(self, workers: int, redis_url: str, workdir: Path, python: str,
                  src: Path):
         self.port = free_port()
+        self.workdir = workdir
         env = dict(os.environ, BENCH_REDIS_URL=redis_url, BENCH_PING_INTERVAL="120",
                    PYTHONPATH=os.pathsep.join([str(src), str(HERE / "apps")]))
         self.proc = subprocess.Popen(
@@ -105,12 +184,14 @@ class Gunicorn:
              "--chdir", str(HERE / "apps"), "--log-level", "warning",
              "--graceful-timeout", "2", "scaleout_app:app"],
             stdout=open(workdir / "gunicorn.log", "wb"), stderr=subprocess.STDOUT,
-            env=env, start_new_session=True)
+            env=env, start_new_session=True,
+            cwd=workdir)  # not the checkout: ``python -m`` puts the cwd on sys.path
         self.workers = workers
         deadline = time.monotonic() + 30
         while len(self.worker_pids()) < workers or not self._answers():
             if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("gunicorn did not start: see gunicorn.log")
+                log = (self.workdir / "gunicorn.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"gunicorn did not start:\n{log}")
             time.sleep(0.1)
 
     def _answers(self) -> bool:
@@ -146,7 +227,20 @@ def cpu_of(pids) -> dict[int, float]:
 def publish(url: str, relay: str, paths: list[str], rate: int, seconds: float, out) -> None:
     """Open loop: ``rate`` broadcasts a second, round robin over ``paths``, in batches
     of 5 ms; each carries its room's sequence number and the send time."""
-    client = redis.Redis.from_url(url)
+    if url.startswith("redis+cluster://"):
+        # Sharded pub/sub: each message to the master of its channel's slot.
+        nodes = [(h, int(p)) for h, p in (item.rsplit(":", 1) for item in
+                                          url.split("://", 1)[1].split(","))]
+        slots = redis.Redis(host=nodes[0][0], port=nodes[0][1]).execute_command(
+            "CLUSTER", "SLOTS")
+        owner = [0] * 16384
+        for start_slot, end_slot, master, *_ in slots:
+            owner[start_slot:end_slot + 1] = [int(master[1])] * (end_slot - start_slot + 1)
+        clients = {port: redis.Redis(port=port) for port in set(owner)}
+        verb = "SPUBLISH"
+    else:
+        clients = {0: redis.Redis.from_url(url)}
+        owner, verb = None, "PUBLISH"
     seq = {p: 0 for p in paths}
     sent = 0
     start = time.monotonic()
@@ -158,7 +252,7 @@ def publish(url: str, relay: str, paths: list[str], rate: int, seconds: float, o
         if elapsed >= seconds:
             break
         due = min(int(elapsed * rate) + per_step, int(seconds * rate))
-        pipe = client.pipeline(transaction=False)
+        pipes = {port: c.pipeline(transaction=False) for port, c in clients.items()}
         while sent < due:
             path = paths[i % len(paths)]
             i += 1
@@ -168,9 +262,12 @@ def publish(url: str, relay: str, paths: list[str], rate: int, seconds: float, o
             fields = {"path": path, "payload": payload, "type": "tick"}
             channel = (f"{PREFIX}:relay" if relay == "single"
                        else channel_for(PREFIX, "broadcast", fields))
-            pipe.publish(channel, encode_op("bench-publisher", "broadcast", fields))
+            port = owner[key_slot(channel.encode())] if owner else 0
+            pipes[port].execute_command(verb, channel,
+                                        encode_op("bench-publisher", "broadcast", fields))
             sent += 1
-        pipe.execute()
+        for pipe in pipes.values():
+            pipe.execute()
         time.sleep(max(0.0, start + (sent / rate) - time.monotonic()))
     out.put({"sent": sent, "seconds": time.monotonic() - start, "per_path": seq})
 
@@ -233,6 +330,16 @@ async def open_room_clients(port: int, sink: Sink, rooms: int, placement: str,
                 raise RuntimeError(f"{path}: could not reach every worker")
 
     await asyncio.gather(*(fill(f"{ROOM_PATH}r{i}") for i in range(rooms)))
+    if placement == "owned":
+        # Every worker must hold rooms of its own (that get no messages): a worker with
+        # no client at all would listen to nothing on any server, old or new, and
+        # measure nothing.
+        more = rooms
+        while len({pid for by_pid in held.values() for pid in by_pid}) < workers:
+            if more > rooms * 20:
+                raise RuntimeError("could not place a room on every worker")
+            await fill(f"{ROOM_PATH}r{more}")
+            more += 1
     lg.close_all(extra, abrupt=False)
     return held
 
@@ -244,7 +351,7 @@ async def wait_quiet(sink: Sink, expected: int, timeout: float):
 
 
 def run_cell(args, placement: str, workdir: Path) -> dict:
-    rds = RedisServer(workdir)
+    rds = RedisClusterNodes(workdir) if args.topology == "cluster" else RedisServer(workdir)
     srv = Gunicorn(args.workers, rds.url, workdir, args.server_python, args.server_src)
     sink = Sink()
     loop = asyncio.new_event_loop()
@@ -258,6 +365,8 @@ def run_cell(args, placement: str, workdir: Path) -> dict:
                 per_pid.setdefault(next(iter(by_pid)), []).append(path)
             holder = max(per_pid, key=lambda p: len(per_pid[p]))
             paths = per_pid[holder]
+            print(f"rooms held per worker: { {p: len(v) for p, v in per_pid.items()} }",
+                  flush=True)
         else:
             holder, paths = None, sorted(held)
         loop.run_until_complete(asyncio.sleep(1.0))  # handshakes settled
@@ -273,6 +382,7 @@ def run_cell(args, placement: str, workdir: Path) -> dict:
         proc = ctx.Process(target=publish, args=(rds.url, args.relay, paths, args.rate,
                                                  args.seconds, out))
         cpu0, r0 = cpu_of(pids), rds.cpu_seconds()
+        nodes0 = rds.cpu_by_node()
         spy = None
         if args.spy and holder is not None:  # where the holder's time goes
             args.out.mkdir(parents=True, exist_ok=True)
@@ -294,6 +404,7 @@ def run_cell(args, placement: str, workdir: Path) -> dict:
                                                         else args.workers)
         loop.run_until_complete(wait_quiet(sink, expected, 30))
         cpu1, r1 = cpu_of(pids), rds.cpu_seconds()
+        nodes1 = rds.cpu_by_node()
         sent = result["sent"]
         busy = {p: (cpu1[p] - cpu0[p]) - idle[p] * result["seconds"] / args.seconds
                 for p in pids}
@@ -307,6 +418,11 @@ def run_cell(args, placement: str, workdir: Path) -> dict:
             "p99_ms": round(lg.pct(sink.latencies, 99) * 1000, 2),
             "redis_us_per_msg": round((r1 - r0 - redis_idle) * 1e6 / sent, 2),
             "worker_us_per_msg": {str(p): round(busy[p] * 1e6 / sent, 2) for p in pids},
+            "topology": args.topology,
+            # The busiest Redis node's share of all Redis CPU (1.0 for one Redis).
+            "redis_busiest_share": round(max(nodes1[n] - nodes0[n] for n in nodes1)
+                                         / max(1e-9, sum(nodes1[n] - nodes0[n]
+                                                         for n in nodes1)), 3),
         }
         if holder is not None:
             others = [busy[p] * 1e6 / sent for p in pids if p != holder]
@@ -324,7 +440,8 @@ def run_cell(args, placement: str, workdir: Path) -> dict:
 
 def summarize(rows: list[dict]) -> dict:
     keys = ["holder_us_per_msg", "non_holder_us_per_msg", "per_worker_us_per_msg",
-            "redis_us_per_msg", "p50_ms", "p99_ms", "published_per_s"]
+            "redis_us_per_msg", "redis_busiest_share", "p50_ms", "p99_ms",
+            "published_per_s"]
     out = {k: statistics.median(r[k] for r in rows) for k in keys
            if all(r.get(k) is not None for r in rows) and k in rows[0]}
     out["gaps"] = sum(r["gaps"] for r in rows)
@@ -343,6 +460,8 @@ def main(argv=None) -> int:
     ap.add_argument("--placement", choices=["owned", "every", "both"], default="both")
     ap.add_argument("--relay", choices=["namespace", "single"], default="namespace",
                     help="single: publish on 0.1's one app channel (an older server)")
+    ap.add_argument("--topology", choices=["single", "cluster"], default="single",
+                    help="cluster: a 3-master Redis Cluster (sharded pub/sub)")
     ap.add_argument("--server-python", default=sys.executable)
     ap.add_argument("--server-src", type=Path, default=ROOT)
     ap.add_argument("--spy", action="store_true",
@@ -367,16 +486,18 @@ def main(argv=None) -> int:
     lines = [f"# {args.name}: CPU per relayed message (real gunicorn -k gevent workers)",
              "", f"`{' '.join(sys.argv)}`; W={args.workers}, {args.rooms} rooms, "
              f"{args.rate} broadcasts/s for {args.seconds} s, relay={args.relay}, "
-             f"{args.reps} repetitions (medians).", "",
+             f"topology={args.topology}, {args.reps} repetitions (medians).", "",
              "| placement | holder us/msg | non-holder us/msg | every-worker us/msg | "
-             "Redis us/msg | p50 ms | p99 ms | gaps | duplicates | missing |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Redis us/msg | busiest Redis node share | p50 ms | p99 ms | gaps | "
+             "duplicates | missing |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for placement, cell in results["cells"].items():
         m = cell["median"]
         lines.append(f"| {placement} | {m.get('holder_us_per_msg', '')} | "
                      f"{m.get('non_holder_us_per_msg', '')} | "
                      f"{m.get('per_worker_us_per_msg', '')} | {m['redis_us_per_msg']} | "
-                     f"{m['p50_ms']} | {m['p99_ms']} | {m['gaps']} | {m['duplicates']} | "
+                     f"{m.get('redis_busiest_share', '')} | {m['p50_ms']} | {m['p99_ms']} | "
+                     f"{m['gaps']} | {m['duplicates']} | "
                      f"{m['missing']} |")
     (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
