@@ -5,6 +5,7 @@ Rooms are chosen so that their channels live on different masters; each worker's
 status is read through a client it holds (the cluster app's ``relay`` message).
 """
 
+import threading
 import time
 
 import pytest
@@ -21,6 +22,10 @@ pytestmark = pytest.mark.cluster
 
 PREFIX = "rc"
 ROOMS = "/api/1/ws/cluster-rooms/"
+
+
+#: The clients read only after the traffic: no pings meanwhile (a pong timeout).
+QUIET = {"JPULSE_WS_PING_INTERVAL": 60, "JPULSE_WS_PONG_TIMEOUT": 60}
 
 
 def slot_of_room(room):
@@ -82,6 +87,70 @@ def assert_reaches_everyone(clients_by_room, sender_room=None, timeout=10.0):
 def drain_types(client, seconds=0.3):
     """Types of every frame that arrives within ``seconds``."""
     return [m.get("data", {}).get("type") for m in client.ws.receive_all(seconds)]
+
+
+class Traffic:
+    """Numbered broadcasts to each room from an ``Emitter`` (a plain process's view),
+    every 20 ms per room, in a thread; a seq counts as published only when the
+    ``SPUBLISH`` returned (one that raised was never sent)."""
+
+    def __init__(self, url, rooms):
+        self.url, self.rooms = url, rooms
+        self.published = {room: [] for room in rooms}
+        self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        emitter = Emitter(self.url, channel_prefix=PREFIX, timeout=1.0)
+        seq = 0
+        while not self._stop.is_set():
+            seq += 1
+            for room in self.rooms:
+                try:
+                    emitter.broadcast(ROOMS + room, {"type": "n", "data": seq})
+                    self.published[room].append(seq)
+                except Exception:  # noqa: BLE001 - the shard is failing over
+                    self.failures += 1
+            time.sleep(0.02)
+        emitter.close()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(10)
+
+
+def check_stream(client, published, quiet=0.5):
+    """What one client got of a room's numbered stream (read until ``quiet`` seconds
+    pass without a frame): in order, never twice, and a missing seq only before a
+    ``_resync`` it was sent (no silent gap)."""
+    events = []
+    while True:
+        try:
+            message = client.ws.receive(timeout=quiet)
+        except TimeoutError:
+            break
+        kind = message["data"]["type"]
+        if kind == "n":
+            events.append(message["data"]["data"])
+        elif kind == "_resync":
+            events.append("resync")
+    seqs = [e for e in events if e != "resync"]
+    assert seqs == sorted(set(seqs)), f"out of order or twice: {seqs}"
+    first = seqs[0] if seqs else None
+    missing = [n for n in published if first is not None and n >= first and n not in seqs]
+    if missing:
+        last_resync = max(i for i, e in enumerate(events) if e == "resync") \
+            if "resync" in events else None
+        assert last_resync is not None, f"silent gap: {missing[:10]}"
+        after = [e for e in events[last_resync:] if e != "resync"]
+        assert after and all(n < after[0] for n in missing), \
+            f"a gap after the last _resync: {missing[:10]}"
+    return seqs, events.count("resync")
 
 
 def relay_status(client):
@@ -178,21 +247,26 @@ def migrate_slot(nodes, slot, source_port, target_port):
 
 
 def test_a_migrated_slot_is_followed_and_only_its_paths_resync(redis_cluster):
-    srv = start_server(redis_cluster.url)
+    srv = start_server(redis_cluster.url, **QUIET)
     by_port = rooms_on_every_master(redis_cluster, count=1)
     (source, (moved,)), (target, (stayed,)) = list(by_port.items())[:2]
     clients = open_rooms(srv, [moved, stayed])
     try:
         assert_reaches_everyone(clients)
-        migrate_slot(redis_cluster, slot_of_room(moved), source, target)
-        wait_for(lambda: redis_cluster.port_of_slot(slot_of_room(moved)) == target)
-        # Every client of the moved room is told it may have missed something; the
-        # other room's clients are not.
+        with Traffic(redis_cluster.url, [moved, stayed]) as traffic:
+            time.sleep(0.5)
+            migrate_slot(redis_cluster, slot_of_room(moved), source, target)
+            wait_for(lambda: redis_cluster.port_of_slot(slot_of_room(moved)) == target)
+            time.sleep(1.5)
+        # In order, never twice, no silent gap; every client of the moved room was told
+        # it may have missed something, the other room's clients were not.
         for c in clients[moved]:
-            assert c.ws.receive(type="_resync", timeout=10)["data"]["data"]["reason"] \
-                == "relay-gap"
+            seqs, resyncs = check_stream(c, traffic.published[moved])
+            assert resyncs >= 1 and seqs[-1] == traffic.published[moved][-1]
         for c in clients[stayed]:
-            assert "_resync" not in drain_types(c, 0.2)
+            seqs, resyncs = check_stream(c, traffic.published[stayed])
+            assert resyncs == 0 and seqs == traffic.published[stayed][
+                traffic.published[stayed].index(seqs[0]):]
         # The subscription followed the slot: broadcasts keep crossing workers.
         assert_reaches_everyone(clients)
         with redis_cluster.client(target) as r:
@@ -206,20 +280,30 @@ def test_a_migrated_slot_is_followed_and_only_its_paths_resync(redis_cluster):
 
 
 def test_a_master_failover_is_healed_and_every_client_resyncs(redis_cluster):
-    srv = start_server(redis_cluster.url)
+    srv = start_server(redis_cluster.url, **QUIET)
     by_port = rooms_on_every_master(redis_cluster, count=1)
     victim, (room,) = next(iter(by_port.items()))
     other_room = next(r for port, (r,) in by_port.items() if port != victim)
     clients = open_rooms(srv, [room, other_room])
     try:
         assert_reaches_everyone(clients)
-        redis_cluster.kill(victim)
-        # The replica is promoted (node timeout 1 s); the workers resubscribe through it.
-        wait_for(lambda: redis_cluster.port_of_slot(slot_of_room(room)) != victim,
-                 timeout=30, message="the replica promoted")
-        for c in clients[room] + clients[other_room]:
-            assert c.ws.receive(type="_resync", timeout=20)["data"]["data"]["reason"] \
-                == "relay-gap"
+        with Traffic(redis_cluster.url, [room, other_room]) as traffic:
+            time.sleep(0.5)
+            redis_cluster.kill(victim)
+            # The replica is promoted (node timeout 1 s); the workers resubscribe.
+            wait_for(lambda: redis_cluster.port_of_slot(slot_of_room(room)) != victim,
+                     timeout=30, message="the replica promoted")
+            time.sleep(2.0)
+            published_until = {r: len(traffic.published[r]) for r in (room, other_room)}
+            time.sleep(1.0)
+        # Every namespace resumed within 2 s of the promotion: in order, never twice, no
+        # silent gap, and the broadcasts since arrived everywhere; every client was told
+        # to resync.
+        for r in (room, other_room):
+            for c in clients[r]:
+                seqs, resyncs = check_stream(c, traffic.published[r])
+                assert resyncs >= 1
+                assert set(traffic.published[r][published_until[r] - 20:]) <= set(seqs)
         wait_for(lambda: all(not relay_status(c)["degraded"] for c in clients[room]),
                  timeout=20, message="every worker restored")
         assert_reaches_everyone(clients)
