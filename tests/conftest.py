@@ -5,7 +5,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from servers import GunicornServer, RedisClusterServers, RedisServer  # noqa: E402
+from servers import (  # noqa: E402
+    GunicornServer,
+    RedisClusterServers,
+    RedisServer,
+    SentinelServer,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +54,33 @@ def redis_cluster_nodes():
     nodes.stop()
 
 
-@pytest.fixture(scope="module", params=["single", "cluster"])
+@pytest.fixture(scope="session")
+def redis_sentinel_url():
+    """A master, its replica and a Sentinel watching them (a test that fails the master
+    over starts its own): the ``redis+sentinel://`` URL."""
+    import redis as redis_py
+
+    master = RedisServer().start()
+    replica = RedisServer(args=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    sentinel = SentinelServer(master.port).start()
+
+    def replica_known():
+        with redis_py.Redis(port=sentinel.port, socket_timeout=2) as r:
+            return len(r.sentinel_slaves(sentinel.service)) == 1
+    wait_for(replica_known, timeout=15, message="sentinel sees the replica")
+    yield sentinel.url()
+    for srv in (sentinel, replica, master):
+        srv.stop()
+
+
+@pytest.fixture(scope="module", params=["single", "sentinel", "cluster"])
 def relay_url(request):
-    """``JPULSE_WS_REDIS_URL`` of one Redis, then of a Redis Cluster: a module whose
-    server fixture takes it runs every test on both topologies."""
+    """``JPULSE_WS_REDIS_URL`` of one Redis, of a Redis behind Sentinel, then of a Redis
+    Cluster: a module whose server fixture takes it runs every test on each topology."""
     if request.param == "single":
         return request.getfixturevalue("redis_server").url
+    if request.param == "sentinel":
+        return request.getfixturevalue("redis_sentinel_url")
     return request.getfixturevalue("redis_cluster_nodes").url
 
 
