@@ -27,7 +27,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _COUNTERS = (
     ("connections", "Connections welcomed since the worker started.", "connections"),
     ("messages_received", "Messages accepted from clients.", "messagesIn"),
-    ("messages_sent", "Sends, broadcasts and replies made by this worker.", "messagesOut"),
+    ("messages_sent", "Messages sent to this worker's clients: each send, broadcast or "
+     "reply once, those relayed from other workers included.", "messagesOut"),
     ("deliveries", "Frames handed to sockets: a broadcast to N clients counts N.",
      "deliveries"),
     ("refused_origins", "Upgrades refused 403 by the origin check.", "refusedOrigins"),
