@@ -2,7 +2,6 @@
 front of a real gunicorn gevent worker (tests/servers.py NginxServer reads the block
 from the page, so the docs stay true)."""
 
-import functools
 import socket
 
 import pytest
@@ -10,8 +9,20 @@ from servers import GunicornServer, NginxServer, wait_for
 
 from flask_jpulse_ws.testing import HandshakeRefused, WSTestClient
 
-#: One proxy in front, as docs/scaling.md says to set.
-SETTINGS = {"JPULSE_WS_TRUSTED_PROXIES": 1}
+#: One proxy in front, as docs/scaling.md says to set; the metrics on (docs/metrics.md).
+SETTINGS = {"JPULSE_WS_TRUSTED_PROXIES": 1, "JPULSE_WS_METRICS_URL": "/metrics"}
+
+
+def connect_from(monkeypatch, address):
+    """Every TCP connection of this test leaves from ``address`` (any 127.x is this
+    machine, but not 127.0.0.1): a client on another host, as nginx sees it."""
+    original = socket.create_connection
+
+    def create_connection(target, *args, **kwargs):
+        kwargs["source_address"] = (address, 0)
+        return original(target, *args[:1], **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", create_connection)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +72,20 @@ def test_the_client_address_reaches_the_app_through_x_forwarded_for(proxied, mon
     """Connected from 127.0.0.3, the app sees 127.0.0.3 (not nginx's 127.0.0.1), and an
     X-Forwarded-For the client forged is not believed."""
     nginx, _ = proxied
-    monkeypatch.setattr(socket, "create_connection", functools.partial(
-        socket.create_connection, source_address=("127.0.0.3", 0)))
+    connect_from(monkeypatch, "127.0.0.3")
     headers = {"Origin": nginx.origin, "X-Forwarded-For": "203.0.113.66"}
     with WSTestClient(nginx.ws_url("/api/1/ws/echo"), headers=headers) as ws:
         ws.receive(type="connected")
         assert ws.request({"type": "whoami"})["data"]["ip"] == "127.0.0.3"
+
+
+def test_metrics_through_nginx_are_refused_to_a_remote_client(proxied, monkeypatch):
+    """nginx itself connects from loopback, but the check is on the address it forwards:
+    a client at 127.0.0.3 gets 403 through the documented block, as the page says."""
+    nginx, app = proxied
+    assert app.http().request("GET", "/metrics").status == 200  # the machine itself
+    connect_from(monkeypatch, "127.0.0.3")
+    assert nginx.http().request("GET", "/metrics").status == 403
 
 
 def test_with_host_instead_of_http_host_every_upgrade_is_refused_and_the_log_says_why():
