@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-dev.txt | cksum | 
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test test-fast lint typecheck docs bench clean
+.PHONY: run test test-fast system-deps lint typecheck docs bench clean
 
 # `make run` installs only what the demo needs (a quick first start); `make test` the rest.
 RUN_STAMP := $(VENV)/.run-installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
@@ -27,12 +27,17 @@ run: $(RUN_STAMP)
 	$(BIN)/gunicorn -k gevent -w 1 --worker-connections 10000 -b $(HOST):$(PORT) \
 		--graceful-timeout 2 'example_app:create_app()'
 
-test: $(STAMP) lint typecheck docs
+# system-deps first: on a machine without the Debian packages, make test stops at once
+# with the command that installs them (or, as root, installs them).
+test: system-deps $(STAMP) lint typecheck docs
 	node --test tests/js/
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=300
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not browser and not cluster and not soak" --timeout=120
+
+system-deps:
+	@bash scripts/system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check flask_jpulse_ws tests example_app benchmarks

@@ -37,6 +37,8 @@ setup(
         "gunicorn": ["gunicorn[gevent]>=22"],
         # what `make run` installs for the demo (example_app/), and nothing more
         "demo": ["gunicorn[gevent]>=22", "flask-sqlalchemy>=3.1"],
+        # JPULSE_WS_METRICS_URL: the Prometheus text format (docs/metrics.md)
+        "metrics": ["prometheus-client>=0.17"],
     },
     classifiers=[
         "Framework :: Flask",

@@ -7,6 +7,7 @@ Settings are read once in ``init_app`` into a frozen :class:`Settings`; changing
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, Optional, Sequence, Tuple, Union
@@ -80,6 +81,12 @@ PRESENCE_TTL = 30.0
 #: Seconds between presence event frames of one namespace: 1,000 joins in a burst are
 #: a few frames per client, not 1,000.
 PRESENCE_BATCH = 0.5
+#: URL of the Prometheus metrics (``/metrics``, say); ``None`` serves none: figures
+#: about the server are nobody's business until someone asks for them.
+METRICS_URL: Optional[str] = None
+#: Addresses (or networks, ``10.0.0.0/8``) allowed to read the metrics; loopback only,
+#: so a scraper on the same machine works and nobody else gets in (403).
+METRICS_ALLOWED_IPS: Sequence[str] = ("127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -118,13 +125,15 @@ class Settings:
     debug_errors: bool = DEBUG_ERRORS
     presence_ttl: float = PRESENCE_TTL
     presence_batch: float = PRESENCE_BATCH
+    metrics_url: Optional[str] = METRICS_URL
+    metrics_allowed_ips: Tuple[str, ...] = tuple(METRICS_ALLOWED_IPS)
 
 
 #: ``JPULSE_WS_<NAME>`` -> default, for every field of :class:`Settings`.
 DEFAULTS = {"JPULSE_WS_" + f.name.upper(): f.default for f in fields(Settings)}
 
-_TUPLE_FIELDS = {"public_whitelist", "wire_ctx_fields", "admin_roles"}
-_OPTIONAL_TEXT_FIELDS = {"redis_url"}
+_TUPLE_FIELDS = {"public_whitelist", "wire_ctx_fields", "admin_roles", "metrics_allowed_ips"}
+_OPTIONAL_TEXT_FIELDS = {"redis_url", "metrics_url"}
 _POSITIVE_FIELDS = ("ping_interval", "pong_timeout", "max_message_size", "rate_interval",
                     "rate_max_messages", "max_frame_size", "max_queue_bytes",
                     "max_namespaces", "presence_ttl", "presence_batch")
@@ -152,6 +161,15 @@ def load(config: Mapping[str, Any]) -> Settings:
         if getattr(settings, name) <= 0:
             raise ValueError(f"JPULSE_WS_{name.upper()} must be positive, "
                              f"got {getattr(settings, name)!r}")
+    if settings.metrics_url is not None and not settings.metrics_url.startswith("/"):
+        raise ValueError(f"JPULSE_WS_METRICS_URL must be a path starting with /, "
+                         f"got {settings.metrics_url!r}")
+    for entry in settings.metrics_allowed_ips:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"JPULSE_WS_METRICS_ALLOWED_IPS: {entry!r} is neither an IP "
+                             f"address nor a network (10.0.0.0/8)") from None
     return settings
 
 

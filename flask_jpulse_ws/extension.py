@@ -13,7 +13,7 @@ from markupsafe import Markup
 from . import config
 from .cluster.backend import Backend
 from .context import Context
-from .server import auth, cli
+from .server import auth, cli, metrics
 from .server.handshake import serve
 from .server.namespace import Namespace, NamespaceTemplate, OnCreate
 from .server.state import AppState
@@ -73,6 +73,8 @@ class JPulseWS:
             state.registry.add_template(template)
         self._states.append(state)
         app.register_blueprint(self._blueprint(state))
+        if state.settings.metrics_url is not None:
+            metrics.register(app, state)  # JPULSE_WS_METRICS_URL (the metrics extra)
         app.add_template_global(jpulse_ws_script, "jpulse_ws_script")
         if "jpulse-ws" not in app.cli.commands:
             app.cli.add_command(cli.commands)  # flask jpulse-ws ...

@@ -1,4 +1,4 @@
-"""Real processes for integration tests: gunicorn gevent workers and redis-server.
+"""Real processes for integration tests: gunicorn gevent workers, redis-server, nginx.
 
 Each helper starts a process on a free port, waits until it answers, and stops
 it (SIGTERM, then SIGKILL) when the test is done. Nothing uses the shared Redis
@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -375,3 +376,104 @@ class RedisClusterServers:
         for proc in self.procs.values():
             _terminate(proc)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+#: The nginx block that docs/scaling.md recommends: the fixture serves exactly it.
+SCALING_DOC = ROOT / "docs" / "scaling.md"
+
+
+def docs_nginx_block(doc: Path = SCALING_DOC) -> str:
+    """The first ```nginx block of ``doc``, as a reader would copy it."""
+    text = doc.read_text(encoding="utf-8")
+    start = text.index("```nginx\n") + len("```nginx\n")
+    return text[start:text.index("```", start)]
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    """Replace ``old`` exactly once: the docs must still hold what the fixture expects."""
+    assert text.count(old) == 1, f"docs/scaling.md's nginx block no longer has {old!r}"
+    return text.replace(old, new)
+
+
+class NginxServer:
+    """A private ``nginx`` (Debian's nginx-light) serving the nginx block of
+    docs/scaling.md in front of one upstream, on a free port.
+
+    Only what ties the block to a real deployment is changed: the upstream's servers
+    become ``upstream``, and ``listen 443 ssl`` a plain listen on 127.0.0.1 and a free
+    port (not 80/443: the port must travel in Host for the origin check). Everything
+    else (the upgrade headers, Host, X-Forwarded-*) is the documented text;
+    ``edit(block) -> block`` lets a test change it to show what a change breaks.
+    """
+
+    def __init__(self, upstream: str, edit: Optional[Callable[[str], str]] = None) -> None:
+        self.port = free_port()
+        self.prefix = Path(tempfile.mkdtemp(prefix="nginx-"))
+        block = docs_nginx_block()
+        block = re.sub(r"(upstream jpulse_app \{\n)(?:\s*server [^\n]*\n)+",
+                       lambda m: f"{m.group(1)}    server {upstream};\n", block)
+        assert f"server {upstream};" in block, "docs/scaling.md: no upstream jpulse_app"
+        block = _replace_once(block, "listen 443 ssl;", f"listen 127.0.0.1:{self.port};")
+        if edit is not None:
+            block = edit(block)
+        self.block = block
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers may use the temp dirs
+        temp = "".join(f"{kind}_temp_path {self.prefix / kind};\n"
+                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        self.conf = self.prefix / "nginx.conf"
+        self.conf.write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {self.prefix / 'nginx.pid'};\n"
+            f"error_log {self.prefix / 'error.log'} info;\n"
+            "events { worker_connections 1024; }\n"
+            f"http {{\naccess_log {self.prefix / 'access.log'};\n{temp}{block}\n}}\n")
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def origin(self) -> str:
+        """What a browser on a page served through this nginx sends as Origin."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_url(self, path: str) -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def http(self) -> HTTP:
+        return HTTP(self.origin)
+
+    def start(self) -> NginxServer:
+        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists()
+                                        else None)
+        if exe is None:
+            raise RuntimeError("nginx is not installed (scripts/system-deps lists the "
+                               "packages: apt-get install nginx-light)")
+        self.proc = subprocess.Popen([exe, "-p", str(self.prefix), "-c", str(self.conf),
+                                      "-e", str(self.prefix / "error.log")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        wait_for(lambda: _port_open(self.port) or self.proc.poll() is not None, timeout=10,
+                 message="nginx")
+        if self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+            raise RuntimeError(f"nginx did not start:\n{err}\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        path = self.prefix / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM (nginx's fast stop: open sockets are cut), then SIGKILL of the
+        group (master and worker) after 5 s."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> NginxServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -88,6 +88,10 @@ class MemoryHistory:
     def __len__(self) -> int:
         return len(self._streams)
 
+    def sizes(self) -> Tuple[int, int]:
+        """Streams kept, and messages in them (for the metrics)."""
+        return len(self._streams), sum(len(s.entries) for s in self._streams.values())
+
     def has_stream(self, path: str) -> bool:
         self._expire(time.time())
         return path in self._streams

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import datetime, timezone
-from typing import Any, Deque, Dict, List, Tuple, Union
+from typing import Any, Deque, Dict, List, Optional, Tuple, Union
 
 __all__ = ["AppCounters", "RateCounter", "NamespaceStats", "ActivityLog", "status_colour", "iso"]
 
@@ -82,13 +82,28 @@ class AppCounters:
     """The app-wide counters, in one place (``get_stats()`` reads them; the per-namespace
     ones are in :class:`NamespaceStats`, the admission caps in ``server.admission``)."""
 
-    __slots__ = ("connections", "messages", "dropped", "server_errors")
+    __slots__ = ("connections", "messages", "dropped", "server_errors", "messages_in",
+                 "messages_out", "deliveries", "dropped_by", "closes")
 
     def __init__(self) -> None:
         self.connections = 0  # welcomed since start
         self.messages = 0  # accepted inbound + each send/broadcast/reply out
         self.dropped = 0  # inbound messages refused (size, rate, invalid...) and slow consumers
         self.server_errors = 0  # connections ended by an unexpected exception after the 101
+        self.messages_in = 0  # accepted inbound messages
+        self.messages_out = 0  # each send/broadcast/reply made here
+        self.deliveries = 0  # frames handed to sockets here: a broadcast to N counts N
+        self.dropped_by: Dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.closes: Dict[int, int] = {}  # welcomed connections ended, by close code
+
+    def drop(self, reason: str) -> None:
+        self.dropped += 1
+        self.dropped_by[reason] = self.dropped_by.get(reason, 0) + 1
+
+    def closed(self, code: Optional[int]) -> None:
+        """Count a welcomed connection's end; ``None`` (cut, no close frame) is 1006."""
+        key = 1006 if code is None else code
+        self.closes[key] = self.closes.get(key, 0) + 1
 
 
 class NamespaceStats:

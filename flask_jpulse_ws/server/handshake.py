@@ -256,6 +256,7 @@ def _leave(state: AppState, conn: Connection) -> None:
                     "on_disconnect anyway", ns.path, _HANDLER_DRAIN_TIMEOUT)
     now = time.time()
     ns.stats.touch(now)
+    state.counters.closed(conn.close_code)
     state.activity.add(now, ns.path, "disconnected", conn.ctx.username,
                        str(conn.close_code or ""))
     state.call_handler(ns.template.disconnect_handler, conn, "on_disconnect")

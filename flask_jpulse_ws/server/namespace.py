@@ -223,11 +223,12 @@ class Namespace:
 
     def drop(self, reason: str) -> None:
         self.stats.drop(reason)
-        self.state.counters.dropped += 1
+        self.state.counters.drop(reason)
 
     def count_sent(self, deliveries: int, now: float) -> None:
         """Count deliveries without an activity-log entry (the dashboard's own pushes)."""
         self.stats.message(now, deliveries)
+        self.state.counters.deliveries += deliveries
 
     def messages_per_second(self, now: float, seconds: int) -> List[int]:
         """Messages in each of the last ``seconds`` seconds, oldest first."""
@@ -237,7 +238,10 @@ class Namespace:
                     text: Union[None, str, bytes] = None) -> None:
         now = time.time()
         self.stats.message(now, deliveries)
-        self.state.counters.messages += 1
+        counters = self.state.counters
+        counters.messages += 1
+        counters.messages_out += 1
+        counters.deliveries += deliveries
         self.state.activity.add(now, self.path, "sent", username, msg_type, text)
 
     # --- sending

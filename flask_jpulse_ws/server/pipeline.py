@@ -69,6 +69,7 @@ def handle_message(conn: Connection, payload: bytes) -> None:
     ns.stats.message(now)
     state = ns.state
     state.counters.messages += 1
+    state.counters.messages_in += 1
     state.activity.add(now, ns.path, "received", username, msg_type, payload)
     conn.enqueue(message, rid, run_handler)
 

@@ -143,4 +143,33 @@ class AppState:
             "updated": iso(time.time()), "connections": self.admission.open_connections,
             "totalMessages": self.counters.messages, "degraded": self.backend.degraded,
             "namespaces": [{"path": p, "clients": n} for p, n in live if n][:1000],
+            "metrics": self.metrics_figures(),
         }
+
+    def metrics_figures(self) -> Dict[str, Any]:
+        """This process's figures for ``core/metrics.py`` (they travel in its stats row,
+        so one scrape of any worker shows every worker)."""
+        c, now = self.counters, time.time()
+        relay = self.backend.status()
+        figures: Dict[str, Any] = {
+            "updatedAt": round(now, 3), "uptime": round(now - self.started_at, 3),
+            "connections": c.connections, "openConnections": self.admission.open_connections,
+            "messagesIn": c.messages_in, "messagesOut": c.messages_out,
+            "deliveries": c.deliveries, "dropped": dict(c.dropped_by),
+            "closes": {str(code): n for code, n in c.closes.items()},
+            "rejections": {str(code): n for code, n in self.admission.rejections.items()},
+            "refusedOrigins": self.admission.refused_origins,
+            "serverErrors": c.server_errors, "namespaces": len(self.registry.live),
+            "relay": {"degraded": bool(relay.get("degraded")),
+                      "degradedFor": relay.get("degradedFor", 0),
+                      **{k: relay[k] for k in ("published", "received", "dropped", "outages")
+                         if k in relay}},
+        }
+        if isinstance(relay.get("link"), dict):
+            figures["relay"]["queued"] = relay["link"].get("queued", 0)
+        if self._presence is not None:  # never made just to be counted
+            figures["presenceMembers"] = self._presence.status()["localMembers"]
+        sizes = getattr(self.backend.history, "sizes", None)
+        if sizes is not None:  # in this process's memory; Redis keeps its own
+            figures["historyStreams"], figures["historyEntries"] = sizes()
+        return figures

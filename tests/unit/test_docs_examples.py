@@ -37,6 +37,20 @@ def test_quickstart_example_registers_its_namespace():
     assert module.chat.message_handler is module.message
 
 
+def test_metrics_example_serves_the_metrics_to_loopback_and_refuses_others():
+    """docs/examples/metrics_app.py: /metrics answers the machine itself, 403 elsewhere."""
+    module = _import(DOCS / "examples" / "metrics_app.py")
+    client = module.app.test_client()
+    resp = client.get("/metrics", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert resp.status_code == 200 and b"jpulse_ws_open_connections{worker=" in resp.data
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "10.1.2.3"}).status_code == 200
+    assert client.get("/metrics", environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 403
+
+
+def test_metrics_page_includes_its_example():
+    assert "examples/metrics_app.py" in (DOCS / "metrics.md").read_text(encoding="utf-8")
+
+
 def test_the_quickstarts_own_test_passes(monkeypatch):
     """docs/examples/test_quickstart.py, as a reader runs it beside quickstart_app.py."""
     monkeypatch.syspath_prepend(str(DOCS / "examples"))

@@ -1,6 +1,13 @@
 """Counters, rates, status colours and the activity log."""
 
-from flask_jpulse_ws.core.stats import ActivityLog, NamespaceStats, RateCounter, iso, status_colour
+from flask_jpulse_ws.core.stats import (
+    ActivityLog,
+    AppCounters,
+    NamespaceStats,
+    RateCounter,
+    iso,
+    status_colour,
+)
 
 
 def test_rate_counter_counts_the_last_minute_and_hour():
@@ -62,3 +69,15 @@ def test_activity_entries_have_the_documented_fields():
     log.add(0.0, "/api/1/ws/a", "connected", "ann")
     assert set(log.entries(0.0)[0]) == {"timestamp", "namespace", "direction", "username",
                                         "type", "message"}
+
+
+def test_app_counters_count_drops_by_reason_and_closes_by_code():
+    """A cut socket (no close frame) counts as 1006; drops keep their reason and total."""
+    c = AppCounters()
+    c.drop("oversize")
+    c.drop("slowConsumer")
+    c.closed(1000)
+    c.closed(None)
+    c.closed(1000)
+    assert c.dropped == 2 and c.dropped_by["oversize"] == 1 and c.dropped_by["rateLimit"] == 0
+    assert c.closes == {1000: 2, 1006: 1}
