@@ -8,6 +8,7 @@ import time
 
 import pytest
 from servers import APPS, BIN, ROOT, GunicornServer, wait_for
+from test_cluster import open_spread
 
 from flask_jpulse_ws.testing import WSTestClient
 
@@ -78,15 +79,16 @@ def test_broadcast_and_send_reach_clients_on_every_worker(workers, redis_server)
 
 
 def test_stats_cluster_has_one_row_per_worker_and_the_totals(workers, redis_server):
-    clients = [WSTestClient(workers.ws_url(NS)) for _ in range(3)]
+    # Clients on both workers: a worker that has served nobody yet publishes no row.
+    clients = [c.ws for c in open_spread(workers, 3, path=NS, workers=2)]
     try:
         def rows():
             out = flask_cli("stats", "--cluster", redis_url=redis_server.url)
             assert out.returncode == 0, out.stderr
             merged = json.loads(out.stdout)
-            return merged if merged["totals"]["connections"] == 3 else None
+            return merged if merged["totals"]["connections"] == len(clients) else None
 
-        merged = wait_for(rows, timeout=20, interval=0.5, message="3 connections counted")
+        merged = wait_for(rows, timeout=20, interval=0.5, message="the connections counted")
         # the two workers: neither this command's process nor the earlier ones (broadcast,
         # send), which listened to Redis for a moment but serve nobody
         assert sorted(r["pid"] for r in merged["instances"]) == sorted(workers.worker_pids())
