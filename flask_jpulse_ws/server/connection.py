@@ -115,6 +115,7 @@ class Connection:
         # Reader state, and the inbox of messages waiting for the app handler.
         self._decoder = frames.FrameDecoder(settings.max_frame_size)
         self._on_message: Callable[[Connection, bytes], None] = _ignore
+        self._on_binary: Callable[[Connection, bytes], None] = _ignore
         self._inbox: Deque[Any] = deque()
         self._handler: object = _NO_HANDLER
         self._wake = concurrency.Event()
@@ -330,14 +331,19 @@ class Connection:
 
     # ----------------------------------------------------------------- inbound
 
-    def run(self, on_message: Callable[[Connection, bytes], None]) -> None:
+    def run(self, on_message: Callable[[Connection, bytes], None],
+            on_binary: Optional[Callable[[Connection, bytes], None]] = None) -> None:
         """Read until the connection ends, passing each message to ``on_message``.
 
         ``on_message`` runs here, in the reader: it does the cheap pipeline steps
         (limits, parsing, ``_ping``, replies to server requests) and hands app
         messages to :meth:`enqueue`, so a slow handler never delays a pong.
+
+        :param on_binary: takes binary messages when given (the conformance harness's
+            echo needs the opcode); by default they go to ``on_message`` too.
         """
         self._on_message = on_message
+        self._on_binary = on_message if on_binary is None else on_binary
         recv = concurrency.receiver(self.sock, _RECV_BYTES)
         try:
             while True:
@@ -371,9 +377,12 @@ class Connection:
     def _handle(self, events: List[Tuple[int, bytes]]) -> bool:
         """Act on decoded events; False once the peer's close frame came."""
         for opcode, payload in events:
-            if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+            if opcode == frames.OP_TEXT:
                 if not self._out.closed:  # after our close frame, data is ignored
                     self._on_message(self, payload)
+            elif opcode == frames.OP_BINARY:
+                if not self._out.closed:
+                    self._on_binary(self, payload)
             elif opcode == frames.OP_PONG:
                 self.ping_sent_at = None
             elif opcode == frames.OP_PING:
