@@ -113,7 +113,8 @@ class Connection:
         self.history_position: Tuple[str, int] = ("", 0)
         self._held: Optional[List[Tuple[str, int, bytes]]] = None
         # Reader state, and the inbox of messages waiting for the app handler.
-        self._decoder = frames.FrameDecoder(settings.max_frame_size)
+        self._decoder = frames.FrameDecoder(settings.max_frame_size,
+                                            max_fragments=settings.max_fragments)
         self._on_message: Callable[[Connection, bytes], None] = _ignore
         self._on_binary: Callable[[Connection, bytes], None] = _ignore
         self._inbox: Deque[Any] = deque()
@@ -311,21 +312,18 @@ class Connection:
     def _drain_until_closed(self) -> None:
         """After failing the connection (our close frame is out or queued): read on until
         the peer's close frame, then end at once (the close handshake is done), or until
-        the close timeout cuts the socket. What follows a bad frame may be the rest of
-        it: a read that does not decode is skipped, and the next is decoded afresh."""
+        the close timeout cuts the socket. The decoder skims from the bad frame on by
+        frame lengths, so a close sent in pieces, or after the rest of the bad frame,
+        is found all the same."""
         try:
             while True:
                 data = self.sock.recv(_RECV_BYTES)
                 if not data:
                     return
-                try:
-                    events = frames.FrameDecoder(_RECV_BYTES).feed(data)
-                except frames.ProtocolError as exc:
-                    events = exc.events
-                for opcode, payload in events:
-                    if opcode == frames.OP_CLOSE:
-                        self._peer_closed(payload)
-                        return
+                body = self._decoder.skim(data)
+                if body is not None:
+                    self._peer_closed(body)
+                    return
         except OSError:
             pass
 
@@ -369,8 +367,13 @@ class Connection:
                 if exc.events:
                     self.wait_handlers(_FAIL_AFTER_HANDLERS)
                 self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
-                self.close(exc.code, exc.reason)
-                self._drain_until_closed()
+                if exc.opcode == frames.OP_CLOSE:
+                    # The bad frame was the peer's close: it sends no other, so ours ends
+                    # the closing handshake and TCP goes once it is written.
+                    self._out.answer_close(exc.code, exc.code)
+                else:
+                    self.close(exc.code, exc.reason)
+                    self._drain_until_closed()
             return False
         return self._handle(events)
 
