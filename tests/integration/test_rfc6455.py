@@ -7,10 +7,14 @@ them in place without it.
 
 import socket
 import struct
+import threading
 import time
 
+import orjson
 import pytest
+from servers import free_port, wait_for
 
+from flask_jpulse_ws.client import DISCONNECTED, WSClient
 from flask_jpulse_ws.core import frames
 from flask_jpulse_ws.testing import WSTestClient
 
@@ -114,3 +118,115 @@ def test_invalid_text_fails_before_the_frame_is_whole(slow_close_server):
     c.sock.sendall(frame[:40])
     assert frames.parse_close(read_close(c.sock))[0] == 1007
     c.sock.close()
+
+
+# ---------------------------------------------------------------------- the client
+
+class ScriptedServer:
+    """One WebSocket server socket on a free port, played by the test."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.listener.settimeout(10)
+
+    def accept(self):
+        sock, _ = self.listener.accept()
+        sock.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        key = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key:")][0]
+        sock.sendall(frames.handshake_response(key.decode()))
+        self.decoder = frames.FrameDecoder(1 << 20)
+        return sock
+
+    def close(self):
+        self.listener.close()
+
+
+@pytest.fixture
+def scripted():
+    srv = ScriptedServer()
+    yield srv
+    srv.close()
+
+
+def frame(data):
+    return frames.text_frame(orjson.dumps({"success": True, "data": data}))
+
+
+WELCOME = frame({"type": "connected", "data": {"clientId": "c1", "limits": {}}})
+
+
+def start_client(port, received):
+    ended = threading.Event()
+    client = WSClient(f"ws://127.0.0.1:{port}/api/1/ws/echo", max_reconnect_attempts=0)
+    client.on_message(received.append)
+    client.on_status_change(lambda new, old: ended.set() if new == DISCONNECTED else None)
+    client._start()
+    return client, ended
+
+
+def test_the_client_delivers_what_came_before_a_bad_frame_then_closes_with_the_code(
+        scripted):
+    """A message in the same read as a protocol error is delivered, and the client sends
+    a close frame with the code before it lets go (it used to drop both: no message, and
+    TCP cut without a close)."""
+    received = []
+    client, ended = start_client(scripted.port, received)
+    sock = scripted.accept()
+    try:
+        sock.sendall(WELCOME + frame({"type": "news", "n": 1}) + frames.encode_frame(0x3, b""))
+        assert frames.parse_close(read_close(sock, scripted.decoder))[0] == 1002
+        assert [m["data"]["type"] for m in received] == ["news"]
+        sock.sendall(frames.close_frame(1002))
+        sock.close()
+        assert ended.wait(AT_ONCE)
+    finally:
+        client.disconnect()
+
+
+def test_the_client_fails_invalid_text_with_1007(scripted):
+    received = []
+    client, ended = start_client(scripted.port, received)
+    sock = scripted.accept()
+    try:
+        sock.sendall(WELCOME + frames.text_frame(b'{"x": "\xff"}'))
+        assert frames.parse_close(read_close(sock, scripted.decoder))[0] == 1007
+    finally:
+        sock.close()
+        client.disconnect()
+
+
+def test_the_client_answers_a_close_with_a_bad_reason_1007(scripted):
+    """RFC 6455 7.1.6 and 8.1: a close reason that is not UTF-8 is answered 1007 (the
+    client used to answer 1002 for every malformed close)."""
+    client, ended = start_client(scripted.port, [])
+    sock = scripted.accept()
+    try:
+        sock.sendall(WELCOME + frames.encode_frame(frames.OP_CLOSE, b"\x03\xe8\xff\xfe"))
+        assert frames.parse_close(read_close(sock, scripted.decoder))[0] == 1007
+    finally:
+        sock.close()
+        client.disconnect()
+
+
+def test_after_the_close_handshake_the_client_lets_the_server_close_tcp_first(scripted):
+    """RFC 6455 7.1.1: the server closes TCP first; the client waits for it (briefly)
+    rather than dropping the socket as soon as its close frame is out."""
+    client, ended = start_client(scripted.port, [])
+    sock = scripted.accept()
+    try:
+        sock.sendall(WELCOME + frames.close_frame(1000))
+        assert frames.parse_close(read_close(sock, scripted.decoder))[0] == 1000
+        sock.settimeout(0.5)
+        with pytest.raises(socket.timeout):  # the client still holds its end
+            sock.recv(4096)
+        assert not ended.is_set()
+        sock.close()
+        assert ended.wait(AT_ONCE)
+    finally:
+        client.disconnect()
+    wait_for(lambda: client.get_status() == DISCONNECTED, message="disconnected")
