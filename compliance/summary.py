@@ -43,13 +43,22 @@ def load(outdir: Path) -> Dict[str, Any]:
     return dict(json.loads((Path(outdir) / "index.json").read_text()))
 
 
+def _column(behaviour: str) -> str:
+    """The table column of a result: ``FAILED BY CLIENT`` (closing) is a failure too."""
+    return behaviour if behaviour in BEHAVIOURS else "FAILED"
+
+
 def table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     """A Markdown table: one row per agent, a column per behaviour (case / closing)."""
-    cols = [b for b in BEHAVIOURS]
+    cols = list(BEHAVIOURS)
     head = "| agent | cases | " + " | ".join(cols) + " | closing " + " | closing ".join(cols) + " |"
     rows = [head, "|" + "---|" * (2 + 2 * len(cols))]
     for agent, s in summary.items():
-        cells = [str(s["behavior"].get(b, 0)) for b in cols]
-        cells += [str(s["behaviorClose"].get(b, 0)) for b in cols]
+        cells = []
+        for key in ("behavior", "behaviorClose"):
+            counts: Counter = Counter()
+            for behaviour, n in s[key].items():
+                counts[_column(behaviour)] += n
+            cells += [str(counts.get(b, 0)) for b in cols]
         rows.append(f"| {agent} | {s['cases']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
