@@ -120,6 +120,35 @@ def test_invalid_text_fails_before_the_frame_is_whole(slow_close_server):
     c.sock.close()
 
 
+def test_a_refused_connection_waits_for_the_peers_close_even_after_a_frame_it_cannot_read(
+        slow_close_server):
+    """An admission refusal (4404 here) reads on for the peer's close; a frame over its
+    small decoder's cap used to end the wait at once, cutting TCP with the peer's data
+    unread (which resets the connection and can destroy the close frame in flight)."""
+    sock = socket.create_connection(("127.0.0.1", slow_close_server.port), timeout=5)
+    key = frames.client_key()
+    sock.sendall(frames.upgrade_request("127.0.0.1", slow_close_server.port,
+                                        "/api/1/ws/nothing-here", key))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    head, _, rest = head.partition(b"\r\n\r\n")
+    assert frames.upgrade_response(head, key) == (101, True)
+    sock.sendall(frames.encode_frame(frames.OP_TEXT, b"x" * 2000, mask=True))
+    decoder = frames.FrameDecoder(1 << 20, expect_mask=False)
+    events = decoder.feed(rest)
+    body = events[0][1] if events else read_close(sock, decoder)
+    assert frames.parse_close(body)[0] == 4404
+    sock.settimeout(0.5)
+    with pytest.raises(socket.timeout):  # still waiting for our close
+        sock.recv(4096)
+    close = frames.close_frame(4404, mask=True)
+    sock.sendall(close[:3])
+    sock.sendall(close[3:])
+    assert seconds_until_eof(sock) < AT_ONCE
+    sock.close()
+
+
 # ---------------------------------------------------------------------- the client
 
 class ScriptedServer:
