@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat setup.py requirements-dev.txt | cksum | 
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: run test test-fast system-deps lint typecheck docs bench clean
+.PHONY: run test test-fast system-deps lint typecheck docs bench compliance clean
 
 # `make run` installs only what the demo needs (a quick first start); `make test` the rest.
 RUN_STAMP := $(VENV)/.run-installed-$(shell cat setup.py | cksum | cut -d' ' -f1)
@@ -40,7 +40,7 @@ system-deps:
 	@bash scripts/system-deps
 
 lint: $(STAMP)
-	$(BIN)/ruff check flask_jpulse_ws tests example_app benchmarks
+	$(BIN)/ruff check flask_jpulse_ws tests example_app benchmarks compliance
 	$(BIN)/lint-imports  # the layers of docs/design.md (pyproject.toml)
 
 typecheck: $(STAMP)
@@ -52,6 +52,12 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -r benchmarks/requirements.txt
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+# Autobahn|Testsuite against the server (gunicorn, werkzeug) and the client; not part of
+# `make test`. Needs Python 2.7 for wstest (compliance/README.md); about a minute and a half.
+compliance: $(STAMP)
+	sh compliance/setup-wstest.sh
+	$(BIN)/python compliance/run.py $(COMPLIANCE_ARGS)
 
 clean:
 	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache

@@ -26,6 +26,9 @@ RATE_INTERVAL = 1000
 RATE_MAX_MESSAGES = 50
 #: Largest WebSocket message before reassembly stops and the socket closes 1009.
 MAX_FRAME_SIZE = 1024 * 1024
+#: Fragments one message may have: a client that fragments at 4 KiB needs 256 for 1 MiB,
+#: and each fragment costs a header's work whatever it carries (close 1009 past it).
+MAX_FRAGMENTS = 4096
 #: Outbound bytes one connection may have waiting; more means a slow consumer (4503).
 MAX_QUEUE_BYTES = 1024 * 1024
 #: ``None`` means same origin as the Host header; a list of origins, or ``"*"``.
@@ -99,6 +102,7 @@ class Settings:
     rate_interval: int = RATE_INTERVAL
     rate_max_messages: int = RATE_MAX_MESSAGES
     max_frame_size: int = MAX_FRAME_SIZE
+    max_fragments: int = MAX_FRAGMENTS
     max_queue_bytes: int = MAX_QUEUE_BYTES
     allowed_origins: Union[None, str, Tuple[str, ...]] = ALLOWED_ORIGINS
     public_access: bool = PUBLIC_ACCESS
@@ -135,7 +139,7 @@ DEFAULTS = {"JPULSE_WS_" + f.name.upper(): f.default for f in fields(Settings)}
 _TUPLE_FIELDS = {"public_whitelist", "wire_ctx_fields", "admin_roles", "metrics_allowed_ips"}
 _OPTIONAL_TEXT_FIELDS = {"redis_url", "metrics_url"}
 _POSITIVE_FIELDS = ("ping_interval", "pong_timeout", "max_message_size", "rate_interval",
-                    "rate_max_messages", "max_frame_size", "max_queue_bytes",
+                    "rate_max_messages", "max_frame_size", "max_fragments", "max_queue_bytes",
                     "max_namespaces", "presence_ttl", "presence_batch")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

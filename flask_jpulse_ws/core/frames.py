@@ -16,6 +16,8 @@ import os
 import struct
 from typing import Any, List, Mapping, Optional, Tuple, Union
 
+from ..config import MAX_FRAGMENTS
+
 __all__ = [
     "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG",
     "ProtocolError", "accept_key", "handshake_response", "encode_frame",
@@ -34,8 +36,6 @@ Event = Tuple[int, bytes]
 #: Bytes each fragment of a message counts against the message size cap besides its
 #: payload: empty or one-byte fragments would otherwise cost CPU and memory for nothing.
 FRAGMENT_COST = 16
-#: Fragments one message may have (a client that fragments at 4 KiB needs 256 for 1 MiB).
-MAX_FRAGMENTS = 4096
 
 
 class ProtocolError(Exception):
@@ -47,6 +47,9 @@ class ProtocolError(Exception):
         self.reason = reason
         #: Whole events decoded from the same bytes before the bad frame (to deliver).
         self.events: List[Tuple[int, bytes]] = []
+        #: The opcode of the bad frame, when a decoder raised: after a bad close frame
+        #: the peer sends no other, so the closing handshake ends with ours.
+        self.opcode: Optional[int] = None
 
 
 def accept_key(key: str) -> str:
@@ -181,6 +184,9 @@ class FrameDecoder:
         self._frag_count = 0
         self._frag_len = 0  # counted size: payload plus FRAGMENT_COST per fragment
         self._utf8: Any = None  # incremental check of a fragmented text message
+        self._checked = 0  # payload bytes of the incomplete head frame already checked
+        self._opcode: Optional[int] = None  # of the frame being decoded
+        self._skip = 0  # skim(): payload bytes of the current frame still to pass over
 
     def feed(self, data: Union[bytes, bytearray]) -> List[Event]:
         """Add received bytes; return the complete events, in order.
@@ -193,6 +199,7 @@ class FrameDecoder:
             return self._feed(data, events)
         except ProtocolError as exc:
             exc.events = events
+            exc.opcode = self._opcode
             raise
 
     def _feed(self, data: Union[bytes, bytearray], events: List[Event]) -> List[Event]:
@@ -200,84 +207,161 @@ class FrameDecoder:
         buf += data
         pos = 0
         end = len(buf)
-        while end - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            fin = b0 & 0x80
-            if b0 & 0x70:
-                raise ProtocolError(1002, "reserved bits set (no extension negotiated)")
-            opcode = b0 & 0x0F
-            masked = b1 & 0x80
-            if bool(masked) != self._expect_mask:
-                raise ProtocolError(1002, "client frames must be masked"
-                                    if self._expect_mask else "server frames must not be masked")
-            length = b1 & 0x7F
-            hdr = 2
-            if length == 126:
-                if end - pos < 4:
+        try:
+            while end - pos >= 2:
+                b0 = buf[pos]
+                b1 = buf[pos + 1]
+                fin = b0 & 0x80
+                self._opcode = opcode = b0 & 0x0F  # named on a ProtocolError
+                if b0 & 0x70:
+                    raise ProtocolError(1002, "reserved bits set (no extension negotiated)")
+                masked = b1 & 0x80
+                if bool(masked) != self._expect_mask:
+                    raise ProtocolError(1002, "client frames must be masked" if self._expect_mask
+                                        else "server frames must not be masked")
+                length = b1 & 0x7F
+                hdr = 2
+                if length == 126:
+                    if end - pos < 4:
+                        break
+                    length = struct.unpack_from("!H", buf, pos + 2)[0]
+                    hdr = 4
+                elif length == 127:
+                    if end - pos < 10:
+                        break
+                    length = struct.unpack_from("!Q", buf, pos + 2)[0]
+                    hdr = 10
+                if opcode in _CONTROL:
+                    if not fin or length > 125:
+                        raise ProtocolError(1002, "control frames must be whole and <= 125 bytes")
+                elif opcode == OP_CONT:
+                    if self._frag_op is None:
+                        raise ProtocolError(1002, "continuation frame without a message")
+                elif opcode in (OP_TEXT, OP_BINARY):
+                    if self._frag_op is not None:
+                        raise ProtocolError(1002, "new message before the last one ended")
+                else:
+                    raise ProtocolError(1002, f"unknown opcode {opcode}")
+                if opcode not in _CONTROL and (
+                        self._frag_len + length + (0 if fin and opcode != OP_CONT
+                                                   else FRAGMENT_COST) > self._max):
+                    raise ProtocolError(1009, f"message larger than {self._max} bytes")
+                if masked:
+                    hdr += 4
+                if end - pos < hdr + length:
+                    if opcode == OP_TEXT or (opcode == OP_CONT and self._frag_op == OP_TEXT):
+                        self._check_partial(buf, pos + hdr, masked, min(end - pos - hdr, length))
                     break
-                length = struct.unpack_from("!H", buf, pos + 2)[0]
-                hdr = 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = struct.unpack_from("!Q", buf, pos + 2)[0]
-                hdr = 10
-            if opcode in _CONTROL:
-                if not fin or length > 125:
-                    raise ProtocolError(1002, "control frames must be whole and <= 125 bytes")
-            elif opcode == OP_CONT:
-                if self._frag_op is None:
-                    raise ProtocolError(1002, "continuation frame without a message")
-            elif opcode in (OP_TEXT, OP_BINARY):
-                if self._frag_op is not None:
-                    raise ProtocolError(1002, "new message before the last one ended")
-            else:
-                raise ProtocolError(1002, f"unknown opcode {opcode}")
-            if opcode not in _CONTROL and (
-                    self._frag_len + length + (0 if fin and opcode != OP_CONT
-                                               else FRAGMENT_COST) > self._max):
-                raise ProtocolError(1009, f"message larger than {self._max} bytes")
-            if masked:
-                hdr += 4
-            if end - pos < hdr + length:
-                break
-            payload = bytes(buf[pos + hdr:pos + hdr + length])
-            if masked:
-                payload = _mask(payload, bytes(buf[pos + hdr - 4:pos + hdr]))
-            pos += hdr + length
-            if opcode in _CONTROL:
-                events.append((opcode, payload))
-                if opcode == OP_CLOSE:
-                    break  # nothing after a close frame counts
-                continue
-            if opcode != OP_CONT and fin:
-                events.append(self._finish(opcode, payload))
-                continue
-            if opcode != OP_CONT:
-                self._frag_op = opcode
-                if opcode == OP_TEXT:
-                    self._utf8 = codecs.getincrementaldecoder("utf-8")()
-            self._frag_count += 1
-            if self._frag_count > self._max_fragments:
-                raise ProtocolError(1009, f"message in more than {self._max_fragments} "
-                                          f"fragments")
-            if self._utf8 is not None:
-                try:  # per fragment, so that bad text fails at once, not at the end
-                    self._utf8.decode(payload, final=bool(fin))
-                except UnicodeDecodeError:
-                    raise ProtocolError(1007, "text message is not valid UTF-8") from None
-            self._frags += payload
-            self._frag_len += length + FRAGMENT_COST
-            if fin:
-                op = self._frag_op or OP_TEXT  # set by the message's first frame
-                whole = bytes(self._frags)
-                self._frag_op, self._frags, self._frag_len = None, bytearray(), 0
-                self._frag_count, self._utf8 = 0, None
-                events.append((op, whole))  # text already checked, fragment by fragment
+                payload = bytes(buf[pos + hdr:pos + hdr + length])
+                if masked:
+                    payload = _mask(payload, bytes(buf[pos + hdr - 4:pos + hdr]))
+                pos += hdr + length
+                if opcode in _CONTROL:
+                    events.append((opcode, payload))
+                    if opcode == OP_CLOSE:
+                        break  # nothing after a close frame counts
+                    continue
+                checked, self._checked = self._checked, 0
+                if opcode != OP_CONT and fin:
+                    if checked:  # its head was checked as it arrived: check only the rest
+                        self._check_text(memoryview(payload)[checked:], True)
+                        self._utf8 = None
+                        events.append((opcode, payload))
+                    else:
+                        events.append(self._finish(opcode, payload))
+                    continue
+                if opcode != OP_CONT:
+                    self._frag_op = opcode
+                    if opcode == OP_TEXT and self._utf8 is None:
+                        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+                self._frag_count += 1
+                if self._frag_count > self._max_fragments:
+                    raise ProtocolError(1009, f"message in more than {self._max_fragments} "
+                                              f"fragments")
+                if self._utf8 is not None:  # per fragment: bad text fails at once, not at the end
+                    self._check_text(memoryview(payload)[checked:] if checked else payload,
+                                     bool(fin))
+                self._frags += payload
+                self._frag_len += length + FRAGMENT_COST
+                if fin:
+                    op = self._frag_op or OP_TEXT  # set by the message's first frame
+                    whole = bytes(self._frags)
+                    self._frag_op, self._frags, self._frag_len = None, bytearray(), 0
+                    self._frag_count, self._utf8 = 0, None
+                    events.append((op, whole))  # text already checked, fragment by fragment
+        except ProtocolError:
+            if pos:  # the bad frame heads the buffer now: skim() goes on from it
+                del buf[:pos]
+            raise
         if pos:
             del buf[:pos]
         return events
+
+    def skim(self, data: Union[bytes, bytearray]) -> Optional[bytes]:
+        """After a :class:`ProtocolError`: read on by frame lengths alone, from the bad
+        frame on, until the peer's close frame; returns its body (``None``: not yet).
+
+        The connection has failed, so nothing is checked or kept but the framing: a
+        peer that sends its close in pieces, or right after the rest of the bad frame,
+        is still heard, and the closing handshake ends at once (RFC 6455 7.1.7).
+        """
+        buf = self._buf
+        buf += data
+        while True:
+            if self._skip:
+                n = min(self._skip, len(buf))
+                del buf[:n]
+                self._skip -= n
+                if self._skip:
+                    return None
+            if len(buf) < 2:
+                return None
+            length = buf[1] & 0x7F
+            hdr = 2
+            if length == 126:
+                if len(buf) < 4:
+                    return None
+                length = struct.unpack_from("!H", buf, 2)[0]
+                hdr = 4
+            elif length == 127:
+                if len(buf) < 10:
+                    return None
+                length = struct.unpack_from("!Q", buf, 2)[0]
+                hdr = 10
+            masked = buf[1] & 0x80
+            if masked:
+                hdr += 4
+            if len(buf) < hdr:
+                return None
+            if buf[0] & 0x0F == OP_CLOSE and length <= 125:
+                if len(buf) < hdr + length:
+                    return None
+                body = bytes(buf[hdr:hdr + length])
+                return _mask(body, bytes(buf[hdr - 4:hdr])) if masked else body
+            del buf[:hdr]
+            self._skip = length
+
+    def _check_partial(self, buf: bytearray, start: int, masked: int, avail: int) -> None:
+        """Check the UTF-8 of the part of a text frame received so far: a frame sent in
+        pieces fails at its first invalid byte, not once it is whole (RFC 6455 8.1)."""
+        done = self._checked
+        if avail <= done:
+            return
+        chunk = bytes(buf[start + done:start + avail])
+        if masked:
+            key = bytes(buf[start - 4:start])
+            turn = done % 4  # the mask goes on where the checked bytes left it
+            chunk = _mask(chunk, key[turn:] + key[:turn])
+        if self._utf8 is None:  # a whole-frame message, or a fragmented one's first frame
+            self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._check_text(chunk, False)
+        self._checked = avail
+
+    def _check_text(self, data: Union[bytes, memoryview], final: bool) -> None:
+        try:
+            self._utf8.decode(data, final=final)
+        except UnicodeDecodeError:
+            raise ProtocolError(1007, "text message is not valid UTF-8") from None
 
     @staticmethod
     def _finish(opcode: int, payload: bytes) -> Event:

@@ -113,8 +113,10 @@ class Connection:
         self.history_position: Tuple[str, int] = ("", 0)
         self._held: Optional[List[Tuple[str, int, bytes]]] = None
         # Reader state, and the inbox of messages waiting for the app handler.
-        self._decoder = frames.FrameDecoder(settings.max_frame_size)
+        self._decoder = frames.FrameDecoder(settings.max_frame_size,
+                                            max_fragments=settings.max_fragments)
         self._on_message: Callable[[Connection, bytes], None] = _ignore
+        self._on_binary: Callable[[Connection, bytes], None] = _ignore
         self._inbox: Deque[Any] = deque()
         self._handler: object = _NO_HANDLER
         self._wake = concurrency.Event()
@@ -310,34 +312,36 @@ class Connection:
     def _drain_until_closed(self) -> None:
         """After failing the connection (our close frame is out or queued): read on until
         the peer's close frame, then end at once (the close handshake is done), or until
-        the close timeout cuts the socket. What follows a bad frame may be the rest of
-        it: a read that does not decode is skipped, and the next is decoded afresh."""
+        the close timeout cuts the socket. The decoder skims from the bad frame on by
+        frame lengths, so a close sent in pieces, or after the rest of the bad frame,
+        is found all the same."""
         try:
             while True:
                 data = self.sock.recv(_RECV_BYTES)
                 if not data:
                     return
-                try:
-                    events = frames.FrameDecoder(_RECV_BYTES).feed(data)
-                except frames.ProtocolError as exc:
-                    events = exc.events
-                for opcode, payload in events:
-                    if opcode == frames.OP_CLOSE:
-                        self._peer_closed(payload)
-                        return
+                body = self._decoder.skim(data)
+                if body is not None:
+                    self._peer_closed(body)
+                    return
         except OSError:
             pass
 
     # ----------------------------------------------------------------- inbound
 
-    def run(self, on_message: Callable[[Connection, bytes], None]) -> None:
+    def run(self, on_message: Callable[[Connection, bytes], None],
+            on_binary: Optional[Callable[[Connection, bytes], None]] = None) -> None:
         """Read until the connection ends, passing each message to ``on_message``.
 
         ``on_message`` runs here, in the reader: it does the cheap pipeline steps
         (limits, parsing, ``_ping``, replies to server requests) and hands app
         messages to :meth:`enqueue`, so a slow handler never delays a pong.
+
+        :param on_binary: takes binary messages when given (the conformance harness's
+            echo needs the opcode); by default they go to ``on_message`` too.
         """
         self._on_message = on_message
+        self._on_binary = on_message if on_binary is None else on_binary
         recv = concurrency.receiver(self.sock, _RECV_BYTES)
         try:
             while True:
@@ -363,17 +367,25 @@ class Connection:
                 if exc.events:
                     self.wait_handlers(_FAIL_AFTER_HANDLERS)
                 self._on_drop("oversize" if exc.code == CloseCode.TOO_BIG else "invalid")
-                self.close(exc.code, exc.reason)
-                self._drain_until_closed()
+                if exc.opcode == frames.OP_CLOSE:
+                    # The bad frame was the peer's close: it sends no other, so ours ends
+                    # the closing handshake and TCP goes once it is written.
+                    self._out.answer_close(exc.code, exc.code)
+                else:
+                    self.close(exc.code, exc.reason)
+                    self._drain_until_closed()
             return False
         return self._handle(events)
 
     def _handle(self, events: List[Tuple[int, bytes]]) -> bool:
         """Act on decoded events; False once the peer's close frame came."""
         for opcode, payload in events:
-            if opcode == frames.OP_TEXT or opcode == frames.OP_BINARY:
+            if opcode == frames.OP_TEXT:
                 if not self._out.closed:  # after our close frame, data is ignored
                     self._on_message(self, payload)
+            elif opcode == frames.OP_BINARY:
+                if not self._out.closed:
+                    self._on_binary(self, payload)
             elif opcode == frames.OP_PONG:
                 self.ping_sent_at = None
             elif opcode == frames.OP_PING:

@@ -318,12 +318,22 @@ def _close_rejected(sock: Any, code: int, reason: str, timeout: float) -> None:
         sock.sendall(frames.close_frame(code, reason))
         sock.settimeout(timeout)
         decoder = frames.FrameDecoder(1024)
+        failed = False  # what the peer sent broke the codec's rules: skim for its close
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             data = sock.recv(4096)
-            if not data or any(op == frames.OP_CLOSE for op, _ in decoder.feed(data)):
+            if not data:
                 break
-    except (OSError, frames.ProtocolError):
+            if not failed:
+                try:
+                    if any(op == frames.OP_CLOSE for op, _ in decoder.feed(data)):
+                        break
+                    continue
+                except frames.ProtocolError:
+                    failed, data = True, b""
+            if decoder.skim(data) is not None:
+                break
+    except OSError:
         pass
     try:
         sock.shutdown(2)

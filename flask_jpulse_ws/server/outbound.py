@@ -82,7 +82,8 @@ class Outbound:
     # Slots: one of these per socket, and the broadcast loop reads them for each.
     __slots__ = ("sock", "name", "closed", "close_code", "_max_queue", "_close_timeout",
                  "_on_drop", "_lock", "_coalesce", "_send_now", "_outbox", "_outbox_bytes",
-                 "_queue", "_queued", "_head_partial", "_cut_when_flushed", "_cut_timer")
+                 "_queue", "_queued", "_head_partial", "_cut_when_flushed", "_cut_timer",
+                 "_drained")
 
     def __init__(self, sock: Any, max_queue: int, close_timeout: float,
                  on_drop: Callable[[str], None] = _uncounted, name: str = "") -> None:
@@ -108,6 +109,7 @@ class Outbound:
         self._head_partial = False
         self._cut_when_flushed = False
         self._cut_timer: Any = None
+        self._drained: Any = None  # set by the writer when it ends, once finish() waits
 
     def __repr__(self) -> str:
         return f"<Outbound {self.name} queued={self._queued}>"
@@ -210,18 +212,26 @@ class Outbound:
                     self._queue = None
                     self._queued = 0
                     done = self._cut_when_flushed
+                    drained = self._drained
                     break
                 chunk = queue.popleft()
                 self._head_partial = False
             try:
                 sock.sendall(chunk)
             except OSError:
+                with self._lock:
+                    self._queue = None  # nothing more will be written
+                    drained = self._drained
                 self._lost()
+                if drained is not None:
+                    drained.set()
                 return
             with self._lock:
                 self._queued -= len(chunk)
         if done:
             self.cut()
+        if drained is not None:
+            drained.set()
 
     def _slow_consumer(self) -> None:
         with self._lock:
@@ -289,8 +299,20 @@ class Outbound:
 
     def finish(self) -> None:
         """The reader has ended and the server closes the socket next: write what the
-        outbox holds, and the close deadline is no longer needed."""
+        outbox holds, let the writer finish what is queued (the close frame may be
+        among it) within the close timeout, and the close deadline is no longer needed.
+
+        Without the wait the server closed the socket under a working writer (under
+        werkzeug it even wrote an HTTP response after it), and the peer got a cut
+        stream with no close frame.
+        """
         self.flush()
+        with self._lock:
+            writing = self._queue is not None
+            if writing:
+                self._drained = drained = concurrency.Event()
+        if writing:
+            drained.wait(self._close_timeout)
         timer, self._cut_timer = self._cut_timer, None  # the timer holds us: let go of it
         if timer is not None:
             timer.cancel()

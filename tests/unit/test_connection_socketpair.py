@@ -168,3 +168,33 @@ def test_a_masked_frame_sent_one_byte_at_a_time_is_one_message(connect):
     client.sendall(frames.encode_frame(frames.OP_TEXT, b'{"type":"end"}', mask=True))
     wait_for(lambda: len(messages) == 2, timeout=READ_DEADLINE, message="both messages")
     assert messages == [payload, b'{"type":"end"}']
+
+
+def test_the_reader_ends_only_once_the_queued_frames_and_the_close_answer_are_written(pair):
+    """When the peer closes while frames still wait for it, ``run()`` returns only after
+    the writer has written them and the close answer: the server closes the socket (or,
+    under werkzeug, writes an HTTP response on it) as soon as ``run()`` returns, and the
+    peer used to get a cut stream without a close (Autobahn 9.2.6 under werkzeug)."""
+    server, client = pair
+    settings = Settings(max_queue_bytes=8 << 20, close_timeout=10)
+    ns = Namespace(_AppState(settings), NamespaceTemplate(None, PATH), PATH, {})
+    conn = Connection(server, ns, "client-1", Context(namespace=PATH), settings=settings,
+                      on_drop=lambda reason: None)
+
+    def serve():  # what the server does with the socket once the view returns
+        conn.run(lambda c, payload: None)
+        server.shutdown(socket.SHUT_RDWR)
+
+    reader = threading.Thread(target=serve, daemon=True)
+    reader.start()
+    payload = os.urandom(64 * 1024)
+    for _ in range(32):  # 2 MiB: far over the kernel buffers, so most of it is queued
+        assert conn.send_frame(frames.encode_frame(frames.OP_BINARY, payload))
+    client.sendall(frames.close_frame(1000, mask=True))
+    wait_for(lambda: conn.close_code == 1000, timeout=READ_DEADLINE, message="the close")
+    time.sleep(0.2)  # the reader would have returned by now: let a cut stream show
+    events = read_until_close(client, FrameDecoder(1 << 20, expect_mask=False))
+    assert events[:-1] == [(frames.OP_BINARY, payload)] * 32
+    assert frames.parse_close(events[-1][1])[0] == 1000
+    reader.join(READ_DEADLINE)
+    assert not reader.is_alive()
