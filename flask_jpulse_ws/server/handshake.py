@@ -107,17 +107,25 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
     conn = Connection(sock, ns, client_id, ctx, identity, token)
     conn.id_claim, conn.id_claimed_at = claim, time.monotonic()
     conn.needs_claim = claim_later
+    joined = True
     try:
         since = parse_since(_query(environ, "since")) if ns.template.history_size else None
-        _join(state, ns, conn, since)
-        conn.run(handle_message)
+        try:
+            joined = _join(state, ns, conn, since)
+        finally:
+            state.registry.end_join(ns)
+        if joined:
+            conn.run(handle_message)
     except Exception:
         conn.open = False
         conn.terminate(CloseCode.SERVER_ERROR, "Server error")  # through its writer
         raise
     finally:
         state.admission.release(ip)
-        _leave(state, conn)
+        if joined:
+            _leave(state, conn)
+        else:
+            _abandon(state, conn)
 
 
 def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Optional[str]
@@ -147,6 +155,19 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
     if ns is None:
         log.warning("namespace cap (%d) reached: refusing %s", settings.max_namespaces, path)
         raise Rejected(CloseCode.TOO_MANY, "Too many namespaces")
+    state.registry.begin_join(ns)  # not evictable while the claim below waits on Redis
+    try:
+        client_id, identity, claim, claim_later = _take_id(state, environ, ns, ctx, token)
+    except BaseException:
+        state.registry.end_join(ns)
+        raise
+    return ns, client_id, ctx, identity, claim, claim_later
+
+
+def _take_id(state: AppState, environ: Dict[str, Any], ns: Any, ctx: Context,
+             token: Optional[str]) -> Tuple[str, tuple, Optional[str], bool]:
+    """Check 8: (client id, identity, the cluster-wide claim or ``None``, whether to
+    claim it later)."""
     client_id = _client_id(environ)
     identity = auth.identity_of(ctx, token, environ.get("HTTP_USER_AGENT", ""))
     held = ns.clients.get(client_id)
@@ -156,8 +177,8 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
         else:
             client_id = str(uuid.uuid4())  # never take over someone else's id
     # Nor one another process holds for someone else (a no-op in one process):
-    client_id, claim, claim_later = state.backend.claims.claim(path, client_id, identity)
-    return ns, client_id, ctx, identity, claim, claim_later
+    client_id, claim, claim_later = state.backend.claims.claim(ns.path, client_id, identity)
+    return client_id, identity, claim, claim_later
 
 
 def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
@@ -192,12 +213,16 @@ def _client_id(environ: Dict[str, Any]) -> str:
     return str(uuid.uuid4())
 
 
-def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position]) -> None:
+def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position]) -> bool:
+    """Add ``conn`` to ``ns``, welcome it, call ``on_connect``; False (and nothing
+    done) when the app removed ``ns`` while the handshake waited."""
     template = ns.template
     # Listen to the namespace's channel before the history position is read and the
     # welcome sent, so nothing published after them can miss this client.
     conn.following = True
     state.backend.follow(ns.path)
+    if ns.removed:  # by the app (remove_namespace) while we waited for the claim or here
+        return False
     if template.history_size:
         conn.hold()  # live frames wait while the position and any replay are read
     ns.add(conn)
@@ -222,6 +247,7 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
     if ns.template.has_presence:
         state.presence.joined(conn)
     state.call_handler(ns.template.connect_handler, conn, "on_connect")
+    return True
 
 
 def _replay(state: AppState, conn: Connection, since: Optional[Position],
@@ -240,6 +266,19 @@ def _replay(state: AppState, conn: Connection, since: Optional[Position],
     conn.send_raw_json(envelope.encode_framework(
         "_recovered", {"recovered": True, "count": len(missed)}))
     return (since[0], missed[-1][0]) if missed else since
+
+
+def _abandon(state: AppState, conn: Connection) -> None:
+    """A handshake whose namespace was removed before it could join: close 4404 and
+    give back what it held, with neither activity entry nor ``on_disconnect``."""
+    conn.open = False
+    if conn.following:
+        state.backend.unfollow(conn.namespace.path)
+    if conn.id_claim is not None:
+        state.backend.claims.release(conn)
+    state.admission.refused(CloseCode.NOT_FOUND)
+    _close_rejected(conn.sock, CloseCode.NOT_FOUND, "Namespace removed",
+                    state.settings.close_timeout)
 
 
 def _leave(state: AppState, conn: Connection) -> None:
