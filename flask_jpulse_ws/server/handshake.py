@@ -1,10 +1,11 @@
 """The WebSocket endpoint: upgrade, admission checks in protocol order, the
 connection's life, and the WSGI ending each server needs.
 
-Order (protocol.md section 2): origin (HTTP 403, before the upgrade) -> caps
-(4529) -> namespace (4404) -> a logged-out session (4401) -> public access -> login
-(4401) -> roles (4403) ->
-``on_create`` -> client id and the duplicate rule (4409) -> welcome -> on_connect.
+Order (protocol.md section 2): origin (HTTP 403, before the upgrade) -> handshake rate
+per IP (HTTP 429, before the upgrade) -> caps (4529) -> namespace (4404) -> a logged-out
+session (4401) -> public access -> login (4401) -> roles (4403) -> ``on_create`` -> client
+id and the duplicate rule (4409) -> the namespace still there (4404) -> welcome ->
+on_connect.
 """
 
 from __future__ import annotations
@@ -70,8 +71,12 @@ def serve(state: AppState) -> Any:
                     environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none",
                     environ.get("HTTP_HOST"), environ.get("HTTP_X_FORWARDED_HOST"))
         return Response("Origin not allowed\n", 403)
-    sock, mode = _take_socket(environ)
     ip = auth.client_ip(environ, settings.trusted_proxies)
+    retry_after = state.admission.too_fast(ip)
+    if retry_after is not None:
+        return Response("Too many WebSocket handshakes from this address\n", 429,
+                        {"Retry-After": str(retry_after)})
+    sock, mode = _take_socket(environ)
     ctx = state.load_context(ip)
     token = auth.session_token()
     state.ensure_started()

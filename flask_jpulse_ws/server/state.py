@@ -122,9 +122,11 @@ class AppState:
             "totalDropped": self.counters.dropped,
             "totalNamespaces": len(namespaces),
             "refusedOrigins": self.admission.refused_origins,
+            "refusedHandshakeRate": self.admission.handshake_rate.refused,
             "serverErrors": self.counters.server_errors,
             "rejections": {str(code): n for code, n in sorted(self.admission.rejections.items())},
             "relay": self.backend.status(),
+            "presence": self.presence.status(),
             "namespaces": namespaces,
             "activityLog": self.activity.entries(now),
         }
