@@ -21,7 +21,7 @@ from flask import Response, request
 
 from .. import concurrency
 from ..context import Context
-from ..core import envelope, frames
+from ..core import envelope, frames, resume
 from ..core.history import Position, parse_since
 from ..core.paths import is_whitelisted
 from ..errors import CloseCode
@@ -173,7 +173,7 @@ def _take_id(state: AppState, environ: Dict[str, Any], ns: Any, ctx: Context,
              token: Optional[str]) -> Tuple[str, tuple, Optional[str], bool]:
     """Check 8: (client id, identity, the cluster-wide claim or ``None``, whether to
     claim it later)."""
-    client_id = _client_id(environ)
+    client_id = _client_id(environ, state.resume_key)
     identity = auth.identity_of(ctx, token, environ.get("HTTP_USER_AGENT", ""))
     held = ns.clients.get(client_id)
     if held is not None:
@@ -211,9 +211,12 @@ def _query(environ: Dict[str, Any], name: str) -> Optional[str]:
     return values[0] if values else None
 
 
-def _client_id(environ: Dict[str, Any]) -> str:
+def _client_id(environ: Dict[str, Any], resume_key: bytes) -> str:
+    """``?uuid=`` when ``?resume=`` is its resume token, else a fresh id: a client id is
+    public (presence lists show it), only its owner holds the token."""
     given = _query(environ, "uuid")
-    if given and UUID_RE.match(given):
+    if given and UUID_RE.match(given) and \
+            resume.verify(resume_key, given, _query(environ, "resume")):
         return given
     return str(uuid.uuid4())
 
@@ -236,8 +239,10 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
     now = time.time()
     ns.stats.touch(now)
     state.activity.add(now, ns.path, "connected", conn.ctx.username)
-    welcome: Dict[str, Any] = {"clientId": conn.client_id, "namespace": ns.path,
-                               "limits": ns.limits_wire}
+    welcome: Dict[str, Any] = {"clientId": conn.client_id,
+                               "resumeToken": resume.token_for(state.resume_key,
+                                                               conn.client_id),
+                               "namespace": ns.path, "limits": ns.limits_wire}
     if template.has_presence:
         welcome["presence"] = True  # the client loads the member list after the welcome
     position = None
