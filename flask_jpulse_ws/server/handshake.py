@@ -114,11 +114,12 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
     conn.needs_claim = claim_later
     joined = True
     try:
-        since = parse_since(_query(environ, "since")) if ns.template.history_size else None
         try:
+            since = parse_since(_query(environ, "since")) if ns.template.history_size \
+                else None
             joined = _join(state, ns, conn, since)
         finally:
-            state.registry.end_join(ns)
+            state.registry.end_join(ns)  # the handshake is over, whatever happened
         if joined:
             conn.run(handle_message)
     except Exception:
