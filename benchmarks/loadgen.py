@@ -361,6 +361,7 @@ class JPulseDialect:
 
     PATH = "/api/1/ws/bench"
     client_id = None  # from the welcome (a browser stores it and reconnects with ?uuid=)
+    resume_token = None  # ... and its token (?resume=), without which the id is not kept
 
     def on_text(self, payload, t):
         d = _loads(payload)
@@ -383,6 +384,7 @@ class JPulseDialect:
             welcome = inner.get("data")
             if isinstance(welcome, dict):
                 self.client_id = welcome.get("clientId")
+                self.resume_token = welcome.get("resumeToken")
             if not self.ready.done():
                 self.ready.set_result(True)
 
@@ -1463,10 +1465,11 @@ class _LagMonitor:
 
 
 class _StormClient:
-    __slots__ = ("cid", "conn", "attempts", "tries", "timer", "task")
+    __slots__ = ("cid", "token", "conn", "attempts", "tries", "timer", "task")
 
     def __init__(self, cid):
         self.cid = cid  # ours: the id sent as ?uuid= (the browser keeps it across sockets)
+        self.token = None  # and its resume token, sent as ?resume=
         self.conn = None
         self.attempts = 0  # failed attempts in a row (the browser's counter)
         self.tries = 0  # handshakes started since the drop
@@ -1485,7 +1488,8 @@ async def scenario_storm(target: Target, n: int = 10000, workers: int = 1, concu
     ``(1 - jitter * random())``, so the first wave lands 4-5 s after the drop; a failed or
     timed-out handshake (``handshake_timeout``: the browser's max(10 s, ping 30 s + pong
     5 s)) moves to the next step; after ``max_attempts`` failures in a row a client gives
-    up. Ours reconnects with ``?uuid=`` its previous client id, as the browser does.
+    up. Ours reconnects with ``?uuid=`` its previous client id and ``?resume=`` its token, as
+    the browser does.
     Everything stops ``deadline`` seconds after the drop; then one broadcast checks which
     connections are really alive."""
     loop = asyncio.get_running_loop()
@@ -1495,7 +1499,9 @@ async def scenario_storm(target: Target, n: int = 10000, workers: int = 1, concu
     base_path = (target.fast_cls or target.cls).PATH
 
     def path_of(cl: _StormClient):
-        return f"{base_path}?uuid={cl.cid}" if ours else None
+        if not ours:
+            return None
+        return f"{base_path}?uuid={cl.cid}" + (f"&resume={cl.token}" if cl.token else "")
 
     clients = [_StormClient(str(uuid.uuid4()) if ours else None) for _ in range(n)]
     res: dict[str, Any] = {"n": n, "workers": workers, "deadline_s": deadline}
@@ -1513,7 +1519,7 @@ async def scenario_storm(target: Target, n: int = 10000, workers: int = 1, concu
         cl.conn = c
         cid = getattr(c, "client_id", None)
         if ours and cid:
-            cl.cid = cid
+            cl.cid, cl.token = cid, getattr(c, "resume_token", None)
 
     try:
         # -- 1. open all n --------------------------------------------------------------
@@ -1588,7 +1594,7 @@ async def scenario_storm(target: Target, n: int = 10000, workers: int = 1, concu
             code = c.close_code
             closed_after[str(code)] = closed_after.get(str(code), 0) + 1
             if code == _REPLACED_CODE and ours:
-                cl.cid = str(uuid.uuid4())  # reopenAsNewClient: a new id, at once
+                cl.cid, cl.token = str(uuid.uuid4()), None  # reopenAsNewClient: a new id
                 start(cl)
             elif code in _STOP_CODES or (code is not None and 4000 <= code <= 4499
                                          and code != _FULL_CODE):

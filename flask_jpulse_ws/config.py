@@ -57,6 +57,11 @@ DYNAMIC_GRACE = 60.0
 MAX_CONNECTIONS_PER_IP = 1000
 #: Open connections in one process; further ones close 4529.
 MAX_CONNECTIONS = 50000
+#: WebSocket handshakes per second one IP address may keep up, per process; more are
+#: refused with HTTP 429 before the upgrade. 0 turns the limit off.
+HANDSHAKE_RATE = 100.0
+#: Handshakes one IP address may make at once (a reconnect wave behind one NAT).
+HANDSHAKE_BURST = 1000
 #: Reverse proxies in front of us whose ``X-Forwarded-For`` entries are trusted.
 TRUSTED_PROXIES = 0
 #: Limit violations within ``ABUSE_WINDOW`` seconds that close a connection 1008.
@@ -117,6 +122,8 @@ class Settings:
     dynamic_grace: float = DYNAMIC_GRACE
     max_connections_per_ip: int = MAX_CONNECTIONS_PER_IP
     max_connections: int = MAX_CONNECTIONS
+    handshake_rate: float = HANDSHAKE_RATE
+    handshake_burst: int = HANDSHAKE_BURST
     trusted_proxies: int = TRUSTED_PROXIES
     abuse_threshold: int = ABUSE_THRESHOLD
     abuse_window: float = ABUSE_WINDOW
@@ -140,7 +147,7 @@ _TUPLE_FIELDS = {"public_whitelist", "wire_ctx_fields", "admin_roles", "metrics_
 _OPTIONAL_TEXT_FIELDS = {"redis_url", "metrics_url"}
 _POSITIVE_FIELDS = ("ping_interval", "pong_timeout", "max_message_size", "rate_interval",
                     "rate_max_messages", "max_frame_size", "max_fragments", "max_queue_bytes",
-                    "max_namespaces", "presence_ttl", "presence_batch")
+                    "max_namespaces", "presence_ttl", "presence_batch", "handshake_burst")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -174,6 +181,9 @@ def load(config: Mapping[str, Any]) -> Settings:
         except ValueError:
             raise ValueError(f"JPULSE_WS_METRICS_ALLOWED_IPS: {entry!r} is neither an IP "
                              f"address nor a network (10.0.0.0/8)") from None
+    if settings.handshake_rate < 0:
+        raise ValueError(f"JPULSE_WS_HANDSHAKE_RATE must be 0 (off) or positive, "
+                         f"got {settings.handshake_rate!r}")
     return settings
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.client
+import io
 import json
 import os
 import socket
@@ -23,8 +25,9 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from email.message import Message
 from http.cookiejar import CookieJar
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
 import orjson
@@ -38,10 +41,14 @@ __all__ = ["WSTestClient", "HandshakeRefused", "ConnectionClosedError", "live_se
 class HandshakeRefused(Exception):  # noqa: N818 - public name, kept
     """The server answered the upgrade with an HTTP status instead of 101."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes,
+                 headers: Union[None, Mapping[str, str], Message] = None) -> None:
         super().__init__(f"HTTP {status}: {body[:200]!r}")
         self.status = status
         self.body = body
+        #: The response headers, looked up case-insensitively (``Retry-After`` of a 429).
+        self.headers: Union[Mapping[str, str], Message] = headers if headers is not None \
+            else {}
 
 
 class ConnectionClosedError(Exception):
@@ -60,11 +67,14 @@ class WSTestClient:
     :param headers: extra request headers (``Origin``, ``Cookie``...).
     :param answer_pings: reply to protocol pings while receiving (a test can turn
         it off to play a dead peer).
+    :param source_address: ``(host, port)`` to connect from, e.g. ``("127.0.0.2", 0)``
+        to be another client address on the loopback network.
     """
 
     def __init__(self, url: str, headers: Optional[Mapping[str, str]] = None,
                  timeout: float = 5.0, answer_pings: bool = True,
-                 max_message_size: int = 64 * 1024 * 1024) -> None:
+                 max_message_size: int = 64 * 1024 * 1024,
+                 source_address: Optional[Tuple[str, int]] = None) -> None:
         parts = urlsplit(url)
         self.url = url
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -78,7 +88,8 @@ class WSTestClient:
         self._decoder = frames.FrameDecoder(max_message_size, expect_mask=False)
         self._events: List[Tuple[int, bytes]] = []
         self._closed = False
-        self.sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        self.sock = socket.create_connection((self.host, self.port), timeout=timeout,
+                                             source_address=source_address)
         self._handshake(dict(headers or {}))
 
     def _handshake(self, headers: Dict[str, str]) -> None:
@@ -104,7 +115,9 @@ class WSTestClient:
             except OSError:
                 pass
             self.sock.close()
-            raise HandshakeRefused(status, body)
+            header_lines = head.split(b"\r\n", 1)[1] if b"\r\n" in head else b""
+            raise HandshakeRefused(status, body, http.client.parse_headers(
+                io.BytesIO(header_lines + b"\r\n\r\n")))
         if not accepted:
             raise HandshakeRefused(status, b"bad Sec-WebSocket-Accept")
         if rest:

@@ -24,6 +24,7 @@ app.config.update(
     JPULSE_WS_PONG_TIMEOUT=max(20.0, PING_INTERVAL / 2),
     JPULSE_WS_RATE_MAX_MESSAGES=10**9,
     JPULSE_WS_MAX_CONNECTIONS_PER_IP=10**6,
+    JPULSE_WS_HANDSHAKE_RATE=0,  # every load-generator client comes from one address
     JPULSE_WS_REDIS_URL=REDIS_URL,
     JPULSE_WS_CHANNEL_PREFIX="bench",
 )

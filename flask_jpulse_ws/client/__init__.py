@@ -144,7 +144,7 @@ class WSClient:
                  reconnect_base_interval: float = 5.0, reconnect_max_interval: float = 30.0,
                  max_reconnect_attempts: int = 10, ping_interval: float = 30.0,
                  pong_timeout: float = 5.0, request_timeout: float = 10.0,
-                 client_id: Optional[str] = None,
+                 client_id: Optional[str] = None, resume_token: Optional[str] = None,
                  ssl_context: Optional[ssl.SSLContext] = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
@@ -167,6 +167,8 @@ class WSClient:
         self.pong_timeout = pong_timeout
         self.request_timeout = request_timeout
         self._client_id = client_id or str(uuid.uuid4())
+        # The secret that keeps the id across sockets (the welcome's ``resumeToken``).
+        self._resume_token = resume_token if client_id else None
         self._limits: Optional[Dict[str, Any]] = None
         self._status = CONNECTING  # set before any callback exists, so never announced
         self._message_callbacks: List[MessageCallback] = []
@@ -244,6 +246,12 @@ class WSClient:
     def get_client_id(self) -> str:
         """The id this connection uses; after a welcome, the one the server confirmed."""
         return self._client_id
+
+    def get_resume_token(self) -> Optional[str]:
+        """The secret that lets a later connection keep :meth:`get_client_id` (from the
+        last welcome): pass both to :func:`connect` (``client_id=``, ``resume_token=``)
+        to come back as the same client. Keep it as private as a session cookie."""
+        return self._resume_token
 
     def get_presence(self) -> List[Dict[str, Any]]:
         """The members of a presence namespace as this client knows them (kept in step)."""
@@ -337,7 +345,7 @@ class WSClient:
                 return self._end(DISCONNECTED, generation)
             if action == "replaced" and had_welcome:
                 # A newer socket of this identity took our id: take a new one, at once.
-                self._client_id = str(uuid.uuid4())
+                self._client_id, self._resume_token = str(uuid.uuid4()), None
                 self._resync_reason = "replaced"
                 self._set_status(RECONNECTING, generation)
                 continue
@@ -362,8 +370,10 @@ class WSClient:
         p = self._parts
         secure = p.scheme == "wss"
         query = [(k, v) for k, v in parse_qsl(p.query, keep_blank_values=True)
-                 if k not in ("uuid", "since")]
+                 if k not in ("uuid", "resume", "since")]
         query.append(("uuid", self._client_id))
+        if self._resume_token:  # without it the server gives a fresh id
+            query.append(("resume", self._resume_token))
         self._sent_since = self._resume is not None
         if self._resume is not None:  # ask for a replay of what was missed
             query.append(("since", f"{self._resume[0]}:{self._resume[1]}"))
@@ -587,6 +597,8 @@ class WSClient:
         info = frame["data"].get("data") or {}
         if isinstance(info.get("clientId"), str) and info["clientId"]:
             self._client_id = info["clientId"]
+            token = info.get("resumeToken")
+            self._resume_token = token if isinstance(token, str) and token else None
         limits = info.get("limits")
         self._limits = limits if isinstance(limits, dict) else None
         self._attempts = 0
@@ -840,7 +852,7 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
             reconnect_base_interval: float = 5.0, reconnect_max_interval: float = 30.0,
             max_reconnect_attempts: int = 10, ping_interval: float = 30.0,
             pong_timeout: float = 5.0, request_timeout: float = 10.0,
-            client_id: Optional[str] = None,
+            client_id: Optional[str] = None, resume_token: Optional[str] = None,
             ssl_context: Optional[ssl.SSLContext] = None,
             on_status_change: Optional[StatusCallback] = None,
             on_message: Optional[MessageCallback] = None,
@@ -848,7 +860,8 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
             on_presence: Optional[PresenceCallback] = None) -> WSClient:
     """Open a reconnecting connection to a namespace; returns at once (status ``connecting``).
 
-    :param url: ``ws://host:port/api/1/ws/...`` (or ``wss://``); ``?uuid=`` is added.
+    :param url: ``ws://host:port/api/1/ws/...`` (or ``wss://``); ``?uuid=`` (and
+        ``?resume=`` once the client has a token) is added.
     :param headers: extra request headers (``Authorization``, ``Origin``...).
     :param cookies: a mapping or a ``Cookie`` header value (the Flask session cookie).
     :param reconnect_base_interval: seconds before the first retry; attempt k waits
@@ -858,7 +871,10 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
     :param ping_interval: seconds between ``_ping`` frames while connected; 0 turns it off.
     :param pong_timeout: a ``_pong`` must follow each ``_ping`` within this.
     :param request_timeout: default :meth:`WSClient.request` timeout.
-    :param client_id: a canonical UUID to start with (default: a new one).
+    :param client_id: the id to come back as, with its ``resume_token`` (both from
+        :meth:`WSClient.get_client_id` and :meth:`WSClient.get_resume_token` of an
+        earlier connection); without a valid token the server gives a fresh id.
+    :param resume_token: the secret that proves ``client_id`` is ours.
     :param ssl_context: for ``wss://``: the :class:`ssl.SSLContext` that checks the
         server (a private CA, a client certificate); default
         :func:`ssl.create_default_context`, which verifies the certificate and host name.
@@ -881,7 +897,7 @@ def connect(url: str, *, headers: Optional[Mapping[str, str]] = None,
                       max_reconnect_attempts=max_reconnect_attempts,
                       ping_interval=ping_interval, pong_timeout=pong_timeout,
                       request_timeout=request_timeout, client_id=client_id,
-                      ssl_context=ssl_context)
+                      resume_token=resume_token, ssl_context=ssl_context)
     if on_status_change is not None:
         client.on_status_change(on_status_change)
     if on_message is not None:

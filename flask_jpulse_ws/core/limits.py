@@ -1,4 +1,5 @@
-"""Per-connection message limits: size, sliding-window rate, abuse count (pure).
+"""Message limits (size, sliding-window rate, abuse count) and the handshake rate per
+IP address (pure).
 
 Times are seconds from a monotonic clock passed in by the caller, so tests can
 drive the arithmetic without sleeping.
@@ -6,12 +7,13 @@ drive the arithmetic without sleeping.
 
 from __future__ import annotations
 
-from collections import deque
+import math
+from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, Mapping, Optional
+from typing import Any, Deque, Dict, List, Mapping, Optional
 
 __all__ = ["Limits", "RateWindow", "AbuseCounter", "RateDecision", "PingBudget", "PING_RATE",
-           "PING_BURST"]
+           "PING_BURST", "HandshakeRate", "HANDSHAKE_RATE_ADDRESSES"]
 
 
 @dataclass(frozen=True)
@@ -129,3 +131,52 @@ class PingBudget:
             self._tokens -= 1.0
             return True
         return False
+
+
+#: Addresses whose handshake buckets one process keeps. When a new address comes and the
+#: table is full, the least recently seen one is forgotten (most likely its bucket has
+#: refilled, which is the same as no entry), so the table never grows without limit.
+HANDSHAKE_RATE_ADDRESSES = 10000
+
+
+class HandshakeRate:
+    """A token bucket per IP address for WebSocket handshakes: ``rate`` a second
+    sustained, ``burst`` at once; at most ``max_addresses`` buckets are kept.
+
+    :param rate: handshakes per second an address may keep up; 0 turns the limit off.
+    :param burst: handshakes an address may make at once (a full bucket).
+    """
+
+    __slots__ = ("rate", "burst", "max_addresses", "_buckets", "refused")
+
+    def __init__(self, rate: float, burst: int,
+                 max_addresses: int = HANDSHAKE_RATE_ADDRESSES) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.max_addresses = max_addresses
+        # address -> [tokens, when]; least recently seen first.
+        self._buckets: OrderedDict[str, List[float]] = OrderedDict()
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def retry_after(self, address: str, now: float) -> Optional[int]:
+        """Take a handshake from ``address``'s bucket: ``None`` when allowed, else the
+        whole seconds (at least 1) after which one would be (an HTTP ``Retry-After``)."""
+        if self.rate <= 0:
+            return None
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self.max_addresses:
+                self._buckets.popitem(last=False)
+            bucket = self._buckets[address] = [self.burst, now]
+        else:
+            self._buckets.move_to_end(address)
+            bucket[0] = min(self.burst, bucket[0] + max(0.0, now - bucket[1]) * self.rate)
+            bucket[1] = now
+        if bucket[0] >= 1.0:
+            bucket[0] -= 1.0
+            return None
+        self.refused += 1
+        return max(1, math.ceil((1.0 - bucket[0]) / self.rate))

@@ -1,11 +1,14 @@
-"""Admission: the caps on connections (in all, per IP address) and the count of every
-refusal, for one app. The handshake asks; ``get_stats()`` reads the counts."""
+"""Admission: the handshake rate per IP address, the caps on connections (in all, per IP
+address) and the count of every refusal, for one app. The handshake asks;
+``get_stats()`` reads the counts."""
 
 from __future__ import annotations
 
-from typing import Dict
+import time
+from typing import Dict, Optional
 
 from ..config import Settings
+from ..core.limits import HandshakeRate
 from ..errors import CloseCode
 
 __all__ = ["Admission", "Rejected"]
@@ -30,6 +33,13 @@ class Admission:
         self.connections_by_ip: Dict[str, int] = {}
         self.rejections: Dict[int, int] = {}
         self.refused_origins = 0  # HTTP 403 before the upgrade
+        self.handshake_rate = HandshakeRate(settings.handshake_rate, settings.handshake_burst)
+
+    def too_fast(self, ip: str) -> Optional[int]:
+        """Take a handshake from ``ip``'s bucket (``JPULSE_WS_HANDSHAKE_RATE`` and
+        ``_BURST``): ``None`` when allowed, else the seconds for ``Retry-After`` (HTTP 429,
+        counted)."""
+        return self.handshake_rate.retry_after(ip, time.monotonic())
 
     def admit(self, ip: str) -> None:
         """Count a connection from ``ip``, or raise :class:`Rejected` (4529)."""

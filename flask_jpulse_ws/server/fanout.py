@@ -165,7 +165,7 @@ class Fanout:
                          _relay: bool = True) -> bool:
         ns = self.registry.live.get(path)
         if ns is not None:
-            if remove_if_empty and ns.clients:
+            if remove_if_empty and (ns.clients or ns.joining):  # a handshake is joining it
                 return False
             self.registry.remove(path)
             ns.close_all(CloseCode.NOT_FOUND, "Namespace removed")

@@ -1,10 +1,11 @@
 """The WebSocket endpoint: upgrade, admission checks in protocol order, the
 connection's life, and the WSGI ending each server needs.
 
-Order (protocol.md section 2): origin (HTTP 403, before the upgrade) -> caps
-(4529) -> namespace (4404) -> a logged-out session (4401) -> public access -> login
-(4401) -> roles (4403) ->
-``on_create`` -> client id and the duplicate rule (4409) -> welcome -> on_connect.
+Order (protocol.md section 2): origin (HTTP 403, before the upgrade) -> handshake rate
+per IP (HTTP 429, before the upgrade) -> caps (4529) -> namespace (4404) -> a logged-out
+session (4401) -> public access -> login (4401) -> roles (4403) -> ``on_create`` -> client
+id and the duplicate rule (4409) -> the namespace still there (4404) -> welcome ->
+on_connect.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from flask import Response, request
 
 from .. import concurrency
 from ..context import Context
-from ..core import envelope, frames
+from ..core import envelope, frames, resume
 from ..core.history import Position, parse_since
 from ..core.paths import is_whitelisted
 from ..errors import CloseCode
@@ -70,8 +71,12 @@ def serve(state: AppState) -> Any:
                     environ.get("HTTP_ORIGIN"), environ.get("PATH_INFO"), expected or "none",
                     environ.get("HTTP_HOST"), environ.get("HTTP_X_FORWARDED_HOST"))
         return Response("Origin not allowed\n", 403)
-    sock, mode = _take_socket(environ)
     ip = auth.client_ip(environ, settings.trusted_proxies)
+    retry_after = state.admission.too_fast(ip)
+    if retry_after is not None:
+        return Response("Too many WebSocket handshakes from this address\n", 429,
+                        {"Retry-After": str(retry_after)})
+    sock, mode = _take_socket(environ)
     ctx = state.load_context(ip)
     token = auth.session_token()
     state.ensure_started()
@@ -107,17 +112,26 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
     conn = Connection(sock, ns, client_id, ctx, identity, token)
     conn.id_claim, conn.id_claimed_at = claim, time.monotonic()
     conn.needs_claim = claim_later
+    joined = True
     try:
-        since = parse_since(_query(environ, "since")) if ns.template.history_size else None
-        _join(state, ns, conn, since)
-        conn.run(handle_message)
+        try:
+            since = parse_since(_query(environ, "since")) if ns.template.history_size \
+                else None
+            joined = _join(state, ns, conn, since)
+        finally:
+            state.registry.end_join(ns)  # the handshake is over, whatever happened
+        if joined:
+            conn.run(handle_message)
     except Exception:
         conn.open = False
         conn.terminate(CloseCode.SERVER_ERROR, "Server error")  # through its writer
         raise
     finally:
         state.admission.release(ip)
-        _leave(state, conn)
+        if joined:
+            _leave(state, conn)
+        else:
+            _abandon(state, conn)
 
 
 def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Optional[str]
@@ -147,7 +161,20 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
     if ns is None:
         log.warning("namespace cap (%d) reached: refusing %s", settings.max_namespaces, path)
         raise Rejected(CloseCode.TOO_MANY, "Too many namespaces")
-    client_id = _client_id(environ)
+    state.registry.begin_join(ns)  # not evictable while the claim below waits on Redis
+    try:
+        client_id, identity, claim, claim_later = _take_id(state, environ, ns, ctx, token)
+    except BaseException:
+        state.registry.end_join(ns)
+        raise
+    return ns, client_id, ctx, identity, claim, claim_later
+
+
+def _take_id(state: AppState, environ: Dict[str, Any], ns: Any, ctx: Context,
+             token: Optional[str]) -> Tuple[str, tuple, Optional[str], bool]:
+    """Check 8: (client id, identity, the cluster-wide claim or ``None``, whether to
+    claim it later)."""
+    client_id = _client_id(environ, state.resume_key)
     identity = auth.identity_of(ctx, token, environ.get("HTTP_USER_AGENT", ""))
     held = ns.clients.get(client_id)
     if held is not None:
@@ -156,8 +183,8 @@ def _admit(state: AppState, environ: Dict[str, Any], ctx: Context, token: Option
         else:
             client_id = str(uuid.uuid4())  # never take over someone else's id
     # Nor one another process holds for someone else (a no-op in one process):
-    client_id, claim, claim_later = state.backend.claims.claim(path, client_id, identity)
-    return ns, client_id, ctx, identity, claim, claim_later
+    client_id, claim, claim_later = state.backend.claims.claim(ns.path, client_id, identity)
+    return client_id, identity, claim, claim_later
 
 
 def _run_on_create(template: Any, ctx: Context, path: str) -> Context:
@@ -185,19 +212,26 @@ def _query(environ: Dict[str, Any], name: str) -> Optional[str]:
     return values[0] if values else None
 
 
-def _client_id(environ: Dict[str, Any]) -> str:
+def _client_id(environ: Dict[str, Any], resume_key: bytes) -> str:
+    """``?uuid=`` when ``?resume=`` is its resume token, else a fresh id: a client id is
+    public (presence lists show it), only its owner holds the token."""
     given = _query(environ, "uuid")
-    if given and UUID_RE.match(given):
+    if given and UUID_RE.match(given) and \
+            resume.verify(resume_key, given, _query(environ, "resume")):
         return given
     return str(uuid.uuid4())
 
 
-def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position]) -> None:
+def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position]) -> bool:
+    """Add ``conn`` to ``ns``, welcome it, call ``on_connect``; False (and nothing
+    done) when the app removed ``ns`` while the handshake waited."""
     template = ns.template
     # Listen to the namespace's channel before the history position is read and the
     # welcome sent, so nothing published after them can miss this client.
     conn.following = True
     state.backend.follow(ns.path)
+    if ns.removed:  # by the app (remove_namespace) while we waited for the claim or here
+        return False
     if template.history_size:
         conn.hold()  # live frames wait while the position and any replay are read
     ns.add(conn)
@@ -206,8 +240,10 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
     now = time.time()
     ns.stats.touch(now)
     state.activity.add(now, ns.path, "connected", conn.ctx.username)
-    welcome: Dict[str, Any] = {"clientId": conn.client_id, "namespace": ns.path,
-                               "limits": ns.limits_wire}
+    welcome: Dict[str, Any] = {"clientId": conn.client_id,
+                               "resumeToken": resume.token_for(state.resume_key,
+                                                               conn.client_id),
+                               "namespace": ns.path, "limits": ns.limits_wire}
     if template.has_presence:
         welcome["presence"] = True  # the client loads the member list after the welcome
     position = None
@@ -222,6 +258,7 @@ def _join(state: AppState, ns: Any, conn: Connection, since: Optional[Position])
     if ns.template.has_presence:
         state.presence.joined(conn)
     state.call_handler(ns.template.connect_handler, conn, "on_connect")
+    return True
 
 
 def _replay(state: AppState, conn: Connection, since: Optional[Position],
@@ -240,6 +277,19 @@ def _replay(state: AppState, conn: Connection, since: Optional[Position],
     conn.send_raw_json(envelope.encode_framework(
         "_recovered", {"recovered": True, "count": len(missed)}))
     return (since[0], missed[-1][0]) if missed else since
+
+
+def _abandon(state: AppState, conn: Connection) -> None:
+    """A handshake whose namespace was removed before it could join: close 4404 and
+    give back what it held, with neither activity entry nor ``on_disconnect``."""
+    conn.open = False
+    if conn.following:
+        state.backend.unfollow(conn.namespace.path)
+    if conn.id_claim is not None:
+        state.backend.claims.release(conn)
+    state.admission.refused(CloseCode.NOT_FOUND)
+    _close_rejected(conn.sock, CloseCode.NOT_FOUND, "Namespace removed",
+                    state.settings.close_timeout)
 
 
 def _leave(state: AppState, conn: Connection) -> None:

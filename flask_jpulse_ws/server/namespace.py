@@ -213,6 +213,9 @@ class Namespace:
         self.limits_wire = self.limits.as_wire()
         self.stats = NamespaceStats(time.time())
         self.removed = False
+        #: Handshakes between their lookup of this namespace and their join (or refusal):
+        #: while any are, the namespace is not "empty", so neither evicted nor swept.
+        self.joining = 0
 
     def __repr__(self) -> str:
         return f"<Namespace {self.path} clients={len(self.clients)}>"
@@ -311,7 +314,7 @@ class Namespace:
         """Remove ``conn`` if it is still the holder of its id (a 4409 may have replaced it)."""
         if self.clients.get(conn.client_id) is conn:
             del self.clients[conn.client_id]
-            if not self.clients and self.dynamic and not self.removed:
+            if not self.clients and self.dynamic and not self.removed and not self.joining:
                 self.state.registry.empty_since[self.path] = time.monotonic()
             return True
         return False
@@ -381,6 +384,21 @@ class Registry:
         self.live[path] = ns
         self.empty_since[path] = time.monotonic()  # until its first client arrives
         return ns
+
+    def begin_join(self, ns: Namespace) -> None:
+        """A handshake is joining ``ns`` (it may wait on Redis before it is added): until
+        :meth:`end_join`, ``ns`` is neither evicted at the cap nor swept, so no socket
+        joins a namespace that nobody can reach."""
+        ns.joining += 1
+        self.empty_since.pop(ns.path, None)
+
+    def end_join(self, ns: Namespace) -> None:
+        """That handshake has ended (joined or refused): an empty room counts as empty
+        again from now."""
+        ns.joining -= 1
+        if not ns.joining and not ns.clients and ns.dynamic and not ns.removed and \
+                self.live.get(ns.path) is ns:
+            self.empty_since[ns.path] = time.monotonic()
 
     def remove(self, path: str) -> Optional[Namespace]:
         self.empty_since.pop(path, None)

@@ -483,10 +483,13 @@ class PresenceTracker:
         return len(batch.left)
 
     def status(self) -> Dict[str, Any]:
-        """Counters for stats pages."""
+        """Counters for stats pages (``ws.get_stats()["presence"]``, the dashboard):
+        members held here, ``_presence`` frames sent (one per namespace per batch
+        interval at most), members of dead processes reaped, and the batch interval."""
         with self._lock:
             local = sum(len(m) for m in self._local.values())
-        return {"localMembers": local, "framesSent": self.frames_sent, "reaped": self.reaped}
+        return {"localMembers": local, "framesSent": self.frames_sent, "reaped": self.reaped,
+                "batchInterval": self.batch_interval}
 
 
 def _text(value: Any) -> str:

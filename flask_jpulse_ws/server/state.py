@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 import time
 from typing import Any, Callable, Dict, Optional
@@ -17,6 +18,7 @@ from flask import Flask
 from ..cluster.backend import Backend, Hooks, make_backend
 from ..config import Settings
 from ..context import Context
+from ..core import resume
 from ..core.stats import ActivityLog, AppCounters, iso
 from . import auth, shutdown
 from .admission import Admission
@@ -55,8 +57,25 @@ class AppState:
                                 stats_row=self.instance_stats,
                                 find_client=self.fanout.find_client),
                           secret.encode() if isinstance(secret, str) else bytes(secret))
+        self.resume_key = self._resume_key(app, settings)
         self._presence: Any = None
         self._started = False
+
+    @staticmethod
+    def _resume_key(app: Flask, settings: Settings) -> bytes:
+        """The key of the resume tokens (``core/resume.py``), from the app's secret key;
+        without one, a random key of this process (tokens then fail on other workers, and
+        a client reconnecting to another worker gets a fresh id)."""
+        secret = app.secret_key
+        if secret:
+            return resume.derive_key(secret.encode() if isinstance(secret, str)
+                                     else bytes(secret))
+        if settings.redis_url:
+            log.warning("app.secret_key is not set: resume tokens are checked only by the "
+                        "worker that issued them, so clients that reconnect to another "
+                        "worker get a fresh client id (set SECRET_KEY, the same on every "
+                        "worker)")
+        return secrets.token_bytes(32)
 
     @property
     def presence(self) -> Any:
@@ -122,9 +141,11 @@ class AppState:
             "totalDropped": self.counters.dropped,
             "totalNamespaces": len(namespaces),
             "refusedOrigins": self.admission.refused_origins,
+            "refusedHandshakeRate": self.admission.handshake_rate.refused,
             "serverErrors": self.counters.server_errors,
             "rejections": {str(code): n for code, n in sorted(self.admission.rejections.items())},
             "relay": self.backend.status(),
+            "presence": self.presence.status(),
             "namespaces": namespaces,
             "activityLog": self.activity.entries(now),
         }

@@ -45,6 +45,8 @@
 
   const OPEN = 1; // WebSocket.OPEN, spelled out so fakes need no static constants
   const STORAGE_KEY = 'jPulse.ws.clientUUID';
+  const TOKEN_KEY = 'jPulse.ws.resumeToken'; // the secret that lets this tab keep its id
+  const TOKEN_RE = /^[A-Za-z0-9_-]{1,128}$/;
   const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
   // Delays land in (0.8 d, d]: clients dropped together come back spread out, and never
   // later than the documented backoff.
@@ -93,34 +95,57 @@
   }
 
   /**
-   * The tab's client id, shared by all namespaces. sessionStorage, not localStorage (the
-   * seed's choice): it survives reloads but is per tab; one id shared by every tab of the
-   * origin would make the tabs replace each other over and over (close 4409). Storage may
-   * be missing or throw (privacy modes, sandboxed frames): memory then keeps the id.
+   * The tab's client id, shared by all namespaces, and its resume token (the server keeps
+   * an id only for a client that presents the token the welcome gave with it: an id is
+   * public, the token is not). sessionStorage, not localStorage (the seed's choice): it
+   * survives reloads but is per tab; one id shared by every tab of the origin would make
+   * the tabs replace each other over and over (close 4409). Storage may be missing or
+   * throw (privacy modes, sandboxed frames): memory then keeps them.
    */
   function clientIdStore(storage) {
     let memory = null;
-    function read() {
+    let memoryToken = null;
+    function read(key, pattern) {
       try {
-        const stored = storage ? storage.getItem(STORAGE_KEY) : null;
-        return typeof stored === 'string' && UUID_RE.test(stored) ? stored : null;
+        const stored = storage ? storage.getItem(key) : null;
+        return typeof stored === 'string' && pattern.test(stored) ? stored : null;
       } catch (err) {
         return null;
       }
     }
-    function set(id) {
-      memory = id;
+    function write(key, value) {
       try {
-        if (storage) storage.setItem(STORAGE_KEY, id);
+        if (!storage) return;
+        if (value) storage.setItem(key, value);
+        else if (typeof storage.removeItem === 'function') storage.removeItem(key);
+        else storage.setItem(key, ''); // '' is no token
       } catch (err) {
         // quota or privacy mode: memory is enough for this page's life
       }
+    }
+    /** Keep `id` and its token (none: the server will not keep this id). */
+    function set(id, token) {
+      memory = id;
+      memoryToken = token || null;
+      write(STORAGE_KEY, id);
+      write(TOKEN_KEY, memoryToken);
       return id;
     }
+    function get() {
+      const stored = read(STORAGE_KEY, UUID_RE);
+      if (stored) return stored;
+      return memory || set(newUuid(), null);
+    }
+    /** The token of the id `get()` returns, or null. */
+    function token() {
+      if (read(STORAGE_KEY, UUID_RE)) return read(TOKEN_KEY, TOKEN_RE);
+      return memoryToken;
+    }
     return {
-      get: () => read() || memory || set(newUuid()),
+      get: get,
+      token: token,
       set: set,
-      renew: () => set(newUuid()),
+      renew: () => set(newUuid(), null),
     };
   }
 
@@ -213,6 +238,7 @@
     let status = 'connecting'; // set before any callback can exist, so never announced
     let ws = null;
     let clientId = null;
+    let resumeToken = null; // sent with clientId: without it the server gives a fresh id
     let limits = null;
     let attempts = 0; // failed attempts since the last welcome
     let welcomedBefore = false; // has this handle ever been connected?
@@ -304,6 +330,7 @@
       const loc = env.location;
       const scheme = loc.protocol === 'https:' ? 'wss://' : 'ws://';
       let query = 'uuid=' + encodeURIComponent(clientId);
+      if (resumeToken) query += '&resume=' + encodeURIComponent(resumeToken);
       sentSince = Boolean(resumePosition);
       if (sentSince) {
         query += '&since=' + encodeURIComponent(resumePosition.epoch + ':' + resumePosition.offset);
@@ -315,6 +342,7 @@
       stopTimer('reconnect');
       welcomedThisSocket = false;
       clientId = ids.get(); // another handle of this tab may have renewed it
+      resumeToken = ids.token();
       let sock;
       try {
         sock = new env.WebSocket(buildUrl());
@@ -400,7 +428,10 @@
 
     function handleWelcome(info) {
       stopTimer('handshake');
-      if (typeof info.clientId === 'string' && info.clientId) clientId = ids.set(info.clientId);
+      if (typeof info.clientId === 'string' && info.clientId) {
+        const token = typeof info.resumeToken === 'string' && TOKEN_RE.test(info.resumeToken) ? info.resumeToken : null;
+        clientId = ids.set(info.clientId, token);
+      }
       limits = info.limits && typeof info.limits === 'object' ? info.limits : null;
       attempts = 0;
       welcomedThisSocket = true;

@@ -156,6 +156,11 @@ def create_app():
 
     add_cut_route(app, ws)
 
+    @app.post("/_test/send")
+    def send():
+        body = request.get_json()
+        return jsonify(local=ws.send_to_client(body["path"], body["clientId"], body["data"]))
+
     @app.get("/_test/upgrades")
     def upgrades():
         with _upgrades_lock:

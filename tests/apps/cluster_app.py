@@ -51,6 +51,8 @@ def create_app():
         ns.on_connect(on_connect)
         ns.on_message(on_message)
 
+    add_claim_gate(app, state)
+
     @app.get("/_test/pid")
     def pid():
         return jsonify(pid=os.getpid())
@@ -76,3 +78,42 @@ def create_app():
         return jsonify(local=n, pid=os.getpid())
 
     return app
+
+
+def add_claim_gate(app, state):
+    """Hold handshakes at their client id claim, the step that waits on Redis, so that a
+    test can act while a handshake is half done (no timing luck):
+    ``POST /_test/claim-gate {path}`` closes the gate for that namespace path,
+    ``GET /_test/claim-gate`` counts the handshakes waiting at it,
+    ``POST /_test/claim-gate/open`` lets them through."""
+    from gevent.event import Event
+
+    claims = getattr(state.backend, "claims", None)
+    if claims is None:  # no Redis: nothing is claimed
+        return
+    gate = {"path": None, "open": Event(), "waiting": 0}
+    claim = claims.claim
+
+    def gated_claim(path, client_id, identity):
+        if path == gate["path"]:
+            gate["waiting"] += 1
+            gate["open"].wait()
+            gate["waiting"] -= 1
+        return claim(path, client_id, identity)
+
+    claims.claim = gated_claim
+
+    @app.post("/_test/claim-gate")
+    def close_gate():
+        gate["path"], gate["open"] = request.get_json()["path"], Event()
+        return jsonify(closed=True)
+
+    @app.get("/_test/claim-gate")
+    def gate_waiting():
+        return jsonify(waiting=gate["waiting"])
+
+    @app.post("/_test/claim-gate/open")
+    def open_gate():
+        gate["path"] = None
+        gate["open"].set()
+        return jsonify(opened=True)

@@ -102,14 +102,17 @@ def test_logout_closes_4401_and_the_client_stops(app_server, open_page):
 
 
 def test_replaced_tab_takes_a_new_id_4409(app_server, context, open_page):
-    """A tab duplicated with the same id replaces the first; that one (4409) gets a new id."""
+    """A tab duplicated with the same id (and its resume token: a duplicated tab copies
+    sessionStorage) replaces the first; that one (4409) gets a new id."""
     path = room("dup")
     first = open_page(app_server)
     first.evaluate("([p, o]) => T.open(p, o)", [path, FAST])
     wait_status(first, path, "connected")
     shared = client_id(first, path)
+    token = first.evaluate("() => sessionStorage.getItem('jPulse.ws.resumeToken')")
     second = open_page(app_server)  # same context: same cookies, same identity
-    second.evaluate("id => sessionStorage.setItem('jPulse.ws.clientUUID', id)", shared)
+    second.evaluate("([id, t]) => { sessionStorage.setItem('jPulse.ws.clientUUID', id); "
+                    "sessionStorage.setItem('jPulse.ws.resumeToken', t); }", [shared, token])
     second.evaluate("([p, o]) => T.open(p, o)", [path, FAST])
     wait_status(second, path, "connected")
     assert client_id(second, path) == shared
@@ -121,6 +124,53 @@ def test_replaced_tab_takes_a_new_id_4409(app_server, context, open_page):
     assert UUID.match(renewed) and renewed != shared
     assert first.evaluate("() => sessionStorage.getItem('jPulse.ws.clientUUID')") == renewed
     assert log(second, path)["statuses"] == ["connecting", "connected"]  # never replaced back
+
+
+def test_the_id_is_kept_across_a_reconnect_with_its_resume_token(app_server, open_page):
+    """The welcome's resume token is kept in sessionStorage and sent back with the id,
+    so a dropped socket comes back as the same client."""
+    page = open_page(app_server)
+    path = room("resume")
+    page.evaluate("([p, o]) => T.open(p, o)", [path, FAST])
+    wait_status(page, path, "connected")
+    before = client_id(page, path)
+    token = page.evaluate("() => sessionStorage.getItem('jPulse.ws.resumeToken')")
+    assert token and len(token) == 43
+    assert app_server.http().post("/_test/cut", {"path": path, "clientId": before})["cut"]
+    page.wait_for_function("p => T.log[p].ids.length === 2", arg=path)
+    rec = log(page, path)
+    assert rec["statuses"] == ["connecting", "connected", "reconnecting", "connected"]
+    assert rec["ids"] == [before, before]
+    whoami = page.evaluate("p => T.handles[p].request({type: 'whoami'})", path)
+    assert whoami["data"]["clientId"] == before  # the server's word, not the page's
+
+
+def test_a_tab_with_a_copied_id_but_not_its_token_gets_an_id_of_its_own(
+        app_server, open_page):
+    """Same browser, same address (one identity), the first tab's id copied into
+    another tab without its resume token: the copy gets a fresh id, the first tab is
+    not pushed out, and what is sent to the first tab's id reaches only that tab."""
+    path = room("copied")
+    first = open_page(app_server)
+    first.evaluate("([p, o]) => T.open(p, o)", [path, FAST])
+    wait_status(first, path, "connected")
+    mine = client_id(first, path)
+    second = open_page(app_server)
+    second.evaluate("id => sessionStorage.setItem('jPulse.ws.clientUUID', id)", mine)
+    second.evaluate("([p, o]) => T.open(p, o)", [path, FAST])
+    wait_status(second, path, "connected")
+    theirs = client_id(second, path)
+    assert theirs != mine and UUID.match(theirs)
+    http = app_server.http()
+    http.post("/_test/send", {"path": path, "clientId": mine,
+                              "data": {"type": "private", "data": "first"}})
+    http.post("/_test/send", {"path": path, "clientId": theirs,
+                              "data": {"type": "private", "data": "second"}})
+    first.wait_for_function("p => T.log[p].messages.length === 1", arg=path)
+    second.wait_for_function("p => T.log[p].messages.length === 1", arg=path)
+    assert log(first, path)["messages"][0]["data"]["data"] == "first"
+    assert log(second, path)["messages"][0]["data"]["data"] == "second"
+    assert log(first, path)["statuses"] == ["connecting", "connected"]
 
 
 def test_id_survives_a_reload_and_two_tabs_get_different_ids(app_server, open_page):

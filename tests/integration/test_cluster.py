@@ -36,21 +36,22 @@ def cluster(relay_url):
 
 
 class Client:
-    """A test client and the pid of the worker that holds it."""
+    """A test client, the pid of the worker that holds it, its id and resume token."""
 
-    def __init__(self, ws, pid, client_id):
-        self.ws, self.pid, self.client_id = ws, pid, client_id
+    def __init__(self, ws, pid, client_id, token=None):
+        self.ws, self.pid, self.client_id, self.token = ws, pid, client_id, token
 
     def request(self, message, timeout=5):
         return self.ws.request(message, timeout=timeout)
 
 
-def _open(server, path, headers=None, client_id=None):
+def _open(server, path, headers=None, client_id=None, resume=None):
     query = f"?uuid={client_id}" if client_id else ""
+    query += f"&resume={resume}" if client_id and resume else ""
     ws = WSTestClient(server.ws_url(path + query), headers=headers)
-    ws.receive(type="connected")
+    token = ws.receive(type="connected")["data"]["data"]["resumeToken"]
     who = ws.request({"type": "whoami"})["data"]
-    return Client(ws, who["pid"], who["clientId"])
+    return Client(ws, who["pid"], who["clientId"], token)
 
 
 def open_spread(server, n, path=NS, headers=None, workers=WORKERS):
@@ -159,10 +160,10 @@ def test_send_to_client_held_by_another_worker(cluster):
         close_all(clients)
 
 
-def _open_elsewhere(server, pid, client_id, headers=None, tries=40):
+def _open_elsewhere(server, pid, client_id, headers=None, resume=None, tries=40):
     """A client asking for ``client_id`` that lands on a worker other than ``pid``."""
     for _ in range(tries):
-        c = _open(server, NS, headers=headers, client_id=client_id)
+        c = _open(server, NS, headers=headers, client_id=client_id, resume=resume)
         if c.pid != pid:
             return c
         c.ws.close()
@@ -172,27 +173,54 @@ def _open_elsewhere(server, pid, client_id, headers=None, tries=40):
 @pytest.mark.cluster
 def test_a_client_id_held_on_another_worker_is_not_given_to_another_identity(cluster):
     """The per-process rule holds across workers: an id held elsewhere is refused to
-    another identity (fresh id, nothing of the owner's reaches it), kept for the same
-    identity, and free again once its holders have left."""
+    another identity (fresh id, nothing of the owner's reaches it), even one that holds
+    its resume token, kept for the same identity, and free again once its holders have
+    left."""
     owner = _open(cluster, NS)
     stranger = {"User-Agent": "someone-else/1.0"}  # anonymous identity: IP + User-Agent
-    thief = _open_elsewhere(cluster, owner.pid, owner.client_id, headers=stranger)
+    thief = _open_elsewhere(cluster, owner.pid, owner.client_id, headers=stranger,
+                            resume=owner.token)
     assert thief.client_id != owner.client_id
     cluster.http().post("/_test/send", {"path": NS, "clientId": owner.client_id,
                                         "data": {"type": "dm", "data": "private"}})
     assert owner.ws.receive(type="dm")["data"]["data"] == "private"
     assert no_more(thief, "dm")
-    twin = _open_elsewhere(cluster, owner.pid, owner.client_id)  # same identity
+    twin = _open_elsewhere(cluster, owner.pid, owner.client_id,  # same identity
+                           resume=owner.token)
     assert twin.client_id == owner.client_id
     thief.ws.close()
     owner.ws.close()
     twin.ws.close()
 
     def free_again():
-        c = _open(cluster, NS, headers=stranger, client_id=owner.client_id)
+        c = _open(cluster, NS, headers=stranger, client_id=owner.client_id,
+                  resume=owner.token)
         c.ws.close()
         return c.client_id == owner.client_id
     wait_for(free_again, timeout=5, message="the claim released after its holders left")
+
+
+@pytest.mark.cluster
+def test_a_client_id_without_its_resume_token_is_not_kept_on_another_worker(cluster):
+    """Behind one NAT with the same browser (same IP, same User-Agent: one anonymous
+    identity), a client that copies another's id (presence lists show it) but not its
+    resume token gets a fresh id on another worker, and neither the owner's directed
+    messages nor its server requests reach it; the owner keeps its id."""
+    owner = _open(cluster, NS)
+    copier = _open_elsewhere(cluster, owner.pid, owner.client_id)
+    assert copier.client_id != owner.client_id
+    cluster.http().post("/_test/send", {"path": NS, "clientId": owner.client_id,
+                                        "data": {"type": "dm", "data": "private"}})
+    assert owner.ws.receive(type="dm")["data"]["data"] == "private"
+    assert no_more(copier, "dm")
+    asked = cluster.http().post("/_test/ask", {"path": NS, "clientId": owner.client_id,
+                                               "data": {"type": "question"}, "timeout": 1})
+    assert owner.ws.receive(type="question")  # to the owner only: it does not answer
+    assert asked["result"]["code"] == "REQUEST_TIMEOUT"
+    assert no_more(copier, "question")
+    assert owner.request({"type": "whoami"})["data"]["clientId"] == owner.client_id
+    owner.ws.close()
+    copier.ws.close()
 
 
 def reply_to(client, request_id, timeout=5.0):
@@ -566,7 +594,8 @@ def test_killed_worker_clients_reconnect_and_nothing_is_delivered_twice(redis_se
                 c.ws.receive(timeout=5)
         # Reconnect with the same ids, as the browser client does.
         with ThreadPoolExecutor(10) as pool:
-            back = list(pool.map(lambda c: _open(server, NS, client_id=c.client_id), orphans))
+            back = list(pool.map(lambda c: _open(server, NS, client_id=c.client_id,
+                                                 resume=c.token), orphans))
         assert [c.client_id for c in back] == [c.client_id for c in orphans]
         assert victim not in {c.pid for c in back}
         clients = survivors + back

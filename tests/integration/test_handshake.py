@@ -7,6 +7,7 @@ import pytest
 from servers import wait_for
 from storm import StormClient
 
+from flask_jpulse_ws.core import resume
 from flask_jpulse_ws.testing import HandshakeRefused, WSTestClient
 
 SETTINGS = {"JPULSE_WS_DYNAMIC_GRACE": 0.3}
@@ -144,17 +145,66 @@ def test_malformed_client_ids_are_replaced(server, given):
     assert client_id != given and uuid.UUID(client_id).version == 4
 
 
-def test_a_valid_client_id_is_kept(server):
-    mine = str(uuid.uuid4())
-    with connect(server, f"/api/1/ws/echo?uuid={mine}") as c:
-        assert c.receive(type="connected")["data"]["data"]["clientId"] == mine
+def issued(server, path="/api/1/ws/echo", **kw):
+    """(client id, resume token) of a first welcome; that socket is closed."""
+    with connect(server, path, **kw) as c:
+        data = c.receive(type="connected")["data"]["data"]
+    return data["clientId"], data["resumeToken"]
+
+
+def test_the_welcome_hands_out_the_resume_token_of_the_id(server):
+    with connect(server, "/api/1/ws/echo") as c:
+        data = c.receive(type="connected")["data"]["data"]
+    assert resume.verify(resume.derive_key(b"test-secret"), data["clientId"],
+                         data["resumeToken"])
+
+
+def test_a_client_id_is_kept_with_its_resume_token(server):
+    mine, token = issued(server)
+    with connect(server, f"/api/1/ws/echo?uuid={mine}&resume={token}") as c:
+        welcome = c.receive(type="connected")["data"]["data"]
+    assert welcome["clientId"] == mine and welcome["resumeToken"] == token
+
+
+def test_a_client_id_without_its_resume_token_gets_a_fresh_id(server):
+    """An id is public (presence lists): presented without its token, or with a wrong
+    one, it is not kept, even when nobody holds it."""
+    mine, token = issued(server)
+    other, other_token = issued(server)
+    for query in (f"uuid={mine}", f"uuid={mine}&resume=", f"uuid={mine}&resume={other_token}",
+                  f"uuid={mine}&resume={token[:-1]}", f"uuid={mine}&resume={token}x",
+                  f"uuid={str(uuid.uuid4())}&resume={token}"):
+        with connect(server, f"/api/1/ws/echo?{query}") as c:
+            given = c.receive(type="connected")["data"]["data"]["clientId"]
+        assert given not in (mine, other) and uuid.UUID(given).version == 4, query
+
+
+def test_same_ip_and_user_agent_without_the_token_neither_takes_the_id_nor_its_messages(
+        server):
+    """Behind one NAT with the same browser (one anonymous identity), a copied client id
+    without its resume token gets a fresh id: the owner is not pushed out (no 4409) and
+    receives its directed messages, which the copier never sees."""
+    victim = connect(server, "/api/1/ws/echo")
+    mine = victim.receive(type="connected")["data"]["data"]["clientId"]
+    with connect(server, f"/api/1/ws/echo?uuid={mine}") as copier:
+        theirs = copier.receive(type="connected")["data"]["data"]["clientId"]
+        assert theirs != mine
+        http = server.http()
+        http.post("/_test/send", {"path": "/api/1/ws/echo", "clientId": mine,
+                                  "data": {"type": "private", "data": "for the owner"}})
+        http.post("/_test/send", {"path": "/api/1/ws/echo", "clientId": theirs,
+                                  "data": {"type": "marker", "data": "after"}})
+        assert victim.receive(type="private")["data"]["data"] == "for the owner"
+        assert copier.receive()["data"]["type"] == "marker"  # sent after: nothing before it
+    assert victim.request({"type": "whoami"})["data"]["clientId"] == mine
+    victim.close()
 
 
 def test_same_identity_same_id_replaces_the_older_socket_with_4409(server):
-    mine = str(uuid.uuid4())
-    old = connect(server, f"/api/1/ws/echo?uuid={mine}")
+    mine, token = issued(server)
+    old = connect(server, f"/api/1/ws/echo?uuid={mine}&resume={token}")
     old.receive(type="connected")
-    with connect(server, f"/api/1/ws/echo?uuid={mine}") as new:
+    with connect(server, f"/api/1/ws/echo?uuid={mine}&resume={token}") as new:
         assert new.receive(type="connected")["data"]["data"]["clientId"] == mine
         assert old.wait_closed() == 4409
         # the newer socket keeps the id: requests addressed to it still arrive
@@ -162,10 +212,12 @@ def test_same_identity_same_id_replaces_the_older_socket_with_4409(server):
 
 
 def test_another_identity_never_takes_over_an_id(server):
-    mine = str(uuid.uuid4())
-    victim = connect(server, f"/api/1/ws/echo?uuid={mine}", headers={"User-Agent": "victim"})
-    victim.receive(type="connected")
-    with connect(server, f"/api/1/ws/echo?uuid={mine}",
+    """Not even with the resume token, while the owner holds the id."""
+    mine, token = issued(server, headers={"User-Agent": "victim"})
+    victim = connect(server, f"/api/1/ws/echo?uuid={mine}&resume={token}",
+                     headers={"User-Agent": "victim"})
+    assert victim.receive(type="connected")["data"]["data"]["clientId"] == mine
+    with connect(server, f"/api/1/ws/echo?uuid={mine}&resume={token}",
                  headers={"User-Agent": "attacker"}) as attacker:
         given = attacker.receive(type="connected")["data"]["data"]["clientId"]
     assert given != mine
@@ -174,11 +226,12 @@ def test_another_identity_never_takes_over_an_id(server):
 
 
 def test_two_logins_of_one_user_are_different_identities(server):
-    mine = str(uuid.uuid4())
     first, second = logged_in(server, "bob"), logged_in(server, "bob")
-    a = connect(server, f"/api/1/ws/secure?uuid={mine}", headers={"Cookie": first.cookie_header()})
-    a.receive(type="connected")
-    with connect(server, f"/api/1/ws/secure?uuid={mine}",
+    mine, token = issued(server, "/api/1/ws/secure", headers={"Cookie": first.cookie_header()})
+    a = connect(server, f"/api/1/ws/secure?uuid={mine}&resume={token}",
+                headers={"Cookie": first.cookie_header()})
+    assert a.receive(type="connected")["data"]["data"]["clientId"] == mine
+    with connect(server, f"/api/1/ws/secure?uuid={mine}&resume={token}",
                  headers={"Cookie": second.cookie_header()}) as b:
         assert b.receive(type="connected")["data"]["data"]["clientId"] != mine
     a.close()

@@ -23,7 +23,8 @@ from flask_jpulse_ws.testing import ConnectionClosedError, HandshakeRefused, WST
 
 SETTINGS = {"JPULSE_WS_ABUSE_THRESHOLD": 1000, "JPULSE_WS_RATE_MAX_MESSAGES": 100000,
             "JPULSE_WS_MAX_NAMESPACES": 200, "JPULSE_WS_DYNAMIC_GRACE": 60,
-            "JPULSE_WS_MAX_CONNECTIONS_PER_IP": 100000}
+            "JPULSE_WS_MAX_CONNECTIONS_PER_IP": 100000,
+            "JPULSE_WS_HANDSHAKE_RATE": 0}  # floods from one address are the point here
 
 DOCUMENTED_ERRORS = {400, 500, "MESSAGE_TOO_LARGE", "RATE_LIMIT_EXCEEDED", "RESERVED_TYPE",
                      "NO_REPLY", "ASKED"}  # ASKED: the echo app's own WSError ("fail")
@@ -295,3 +296,35 @@ def test_refused_origin_is_counted(server):
     with pytest.raises(HandshakeRefused):
         WSTestClient(server.ws_url("/api/1/ws/echo"), headers={"Origin": "https://evil.test"})
     assert server.http().get("/_test/stats")["refusedOrigins"] == before + 1
+
+
+def test_a_handshake_burst_beyond_the_rate_gets_429_with_retry_after(make_server):
+    """Past JPULSE_WS_HANDSHAKE_BURST handshakes at once (refilled at
+    JPULSE_WS_HANDSHAKE_RATE a second), an address is refused HTTP 429 with
+    ``Retry-After`` before the upgrade, and counted; other addresses are not affected."""
+    srv = make_server(settings={"JPULSE_WS_HANDSHAKE_RATE": 0.01,
+                                "JPULSE_WS_HANDSHAKE_BURST": 5})
+    url = srv.ws_url("/api/1/ws/echo")
+    for _ in range(5):
+        with WSTestClient(url) as c:
+            c.receive(type="connected")
+    for _ in range(3):
+        with pytest.raises(HandshakeRefused) as refused:
+            WSTestClient(url)
+        assert refused.value.status == 429
+        assert 1 <= int(refused.value.headers["Retry-After"]) <= 100
+    for other in ("127.0.0.2", "127.0.0.3"):
+        with WSTestClient(url, source_address=(other, 0)) as c:
+            assert c.receive(type="connected")
+    assert srv.http().get("/_test/stats")["refusedHandshakeRate"] == 3
+    assert srv.http().get("/_test/stats")["openConnections"] == 0  # never upgraded
+
+
+def test_the_handshake_rate_can_be_switched_off(make_server):
+    """JPULSE_WS_HANDSHAKE_RATE = 0: no bucket, whatever the burst."""
+    srv = make_server(settings={"JPULSE_WS_HANDSHAKE_RATE": 0,
+                                "JPULSE_WS_HANDSHAKE_BURST": 1})
+    for _ in range(5):
+        with WSTestClient(srv.ws_url("/api/1/ws/echo")) as c:
+            c.receive(type="connected")
+    assert srv.http().get("/_test/stats")["refusedHandshakeRate"] == 0

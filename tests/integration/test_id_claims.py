@@ -2,7 +2,9 @@
 
 ``IdClaims`` gets the link to Redis, the key prefix, the app's secret key and whether
 Redis is available, as the Redis backend gives them. The handshake side is covered by
-test_cluster.py::test_a_client_id_held_on_another_worker_is_not_given_to_another_identity.
+test_cluster.py::test_a_client_id_held_on_another_worker_is_not_given_to_another_identity,
+and, at the end of this file, what happens to a namespace while a handshake waits on its
+claim (real gunicorn, real Redis, the handshake held at the claim by cluster_app's gate).
 """
 
 from types import SimpleNamespace
@@ -13,6 +15,9 @@ from servers import wait_for
 from flask_jpulse_ws.cluster.id_claims import CLAIM_REFRESH, CLAIM_TTL, IdClaims
 from flask_jpulse_ws.cluster.keys import client_id_key
 from flask_jpulse_ws.cluster.redis_link import RedisLink
+from flask_jpulse_ws.testing import WSTestClient
+
+APP = "cluster_app:create_app()"
 
 PATH = "/api/1/ws/rooms/a"
 ID = "6f1c2d3e-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
@@ -99,3 +104,60 @@ def test_late_claims_take_free_ids_and_close_4409_when_another_identity_holds_on
     assert not free.needs_claim and not taken.needs_claim
     assert client.get(client_id_key("claims-test", PATH, gone.client_id)) is None
     assert claims.status()["late"] == 1 and claims.status()["conflicts"] == 1
+
+
+def held_at_the_claim(srv, path):
+    """A handshake to ``path`` that is upgraded and waits at its id claim."""
+    http = srv.http()
+    http.post("/_test/claim-gate", {"path": path})
+    client = WSTestClient(srv.ws_url(path))
+    wait_for(lambda: http.get("/_test/claim-gate")["waiting"] == 1, timeout=10,
+             message="the handshake waiting at its claim")
+    return client
+
+
+def test_a_room_whose_first_socket_waits_on_its_claim_is_not_evicted_at_the_cap(
+        make_server, redis_server):
+    """At JPULSE_WS_MAX_NAMESPACES, a new room is empty while its first socket waits on
+    its claim; a rival room's handshake must not evict it (the rival is refused 4529),
+    so the first socket joins a namespace that broadcasts reach."""
+    cap = 30
+    srv = make_server(app=APP, settings={"JPULSE_WS_REDIS_URL": redis_server.url,
+                                         "JPULSE_WS_CHANNEL_PREFIX": "claim-evict",
+                                         "JPULSE_WS_MAX_NAMESPACES": cap})
+    http = srv.http()
+    literals = http.get("/_test/stats")["totalNamespaces"]
+    full = [WSTestClient(srv.ws_url(f"/api/1/ws/cluster-rooms/full-{i}"))
+            for i in range(cap - literals - 1)]  # every room but one taken and occupied
+    for c in full:
+        c.receive(type="connected")
+    path = "/api/1/ws/cluster-rooms/first"
+    first = held_at_the_claim(srv, path)
+    rival = WSTestClient(srv.ws_url("/api/1/ws/cluster-rooms/rival"))
+    assert rival.wait_closed(timeout=10) == 4529
+    http.post("/_test/claim-gate/open")
+    first.receive(type="connected", timeout=10)
+    assert http.get(f"/_test/namespace?path={path}")["clientCount"] == 1
+    http.post("/_test/broadcast", {"path": path, "data": {"type": "reached"}})
+    assert first.receive(type="reached", timeout=5)
+    for c in full + [first]:
+        c.close()
+
+
+def test_a_room_removed_while_its_first_socket_waits_on_its_claim_closes_it_4404(
+        make_server, redis_server):
+    """A room being joined is not empty (``remove_if_empty`` leaves it); removed anyway
+    by the app, its waiting handshake ends in 4404 instead of a namespace nobody
+    reaches."""
+    srv = make_server(app=APP, settings={"JPULSE_WS_REDIS_URL": redis_server.url,
+                                         "JPULSE_WS_CHANNEL_PREFIX": "claim-remove"})
+    http = srv.http()
+    path = "/api/1/ws/cluster-rooms/doomed"
+    client = held_at_the_claim(srv, path)
+    assert http.post("/_test/remove", {"path": path, "remove_if_empty": True}) == \
+        {"removed": False}
+    assert http.post("/_test/remove", {"path": path}) == {"removed": True}
+    http.post("/_test/claim-gate/open")
+    assert client.wait_closed(timeout=10) == 4404
+    assert http.get(f"/_test/namespace?path={path}") is None
+    assert http.get("/_test/stats")["rejections"].get("4404") == 1

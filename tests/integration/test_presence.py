@@ -151,6 +151,20 @@ def test_single_worker_without_redis_tracks_members_and_events(single):
     a.close()
 
 
+def test_get_stats_shows_the_presence_batching(single):
+    """``ws.get_stats()["presence"]``: members held here, event frames sent (batched) and
+    the batch interval."""
+    path = room("stats")
+    a = Client(single, path)
+    b = Client(single, path)
+    wait_for(lambda: a.drain(0.2) or b.client_id in a.seen("joined"), message="joined b")
+    stats = single.http().get("/_test/stats")["presence"]
+    assert stats["localMembers"] >= 2 and stats["framesSent"] >= 1
+    assert stats["batchInterval"] == BATCH and stats["reaped"] == 0
+    a.close()
+    b.close()
+
+
 def test_non_presence_namespace_has_no_presence_flag(single):
     """A namespace without presence=True: no flag in the welcome, ``_presence`` refused."""
     c = WSTestClient(single.ws_url("/api/1/ws/echo"))

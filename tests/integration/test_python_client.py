@@ -163,7 +163,7 @@ def test_replaced_client_takes_a_new_id_4409(app_server, clients):
     first = clients(url, **FAST)
     wait_status(first, "connected")
     shared = first.get_client_id()
-    second = clients(url, client_id=shared, **FAST)
+    second = clients(url, client_id=shared, resume_token=first.get_resume_token(), **FAST)
     wait_status(second, "connected")
     assert second.get_client_id() == shared
     wait_for(lambda: len(first.rec.ids) == 2, message="the replaced client back")
@@ -186,10 +186,24 @@ def test_id_is_kept_across_reconnect_and_differs_between_clients(app_server, cli
     b = clients(url, **FAST)
     wait_status(b, "connected")
     assert b.get_client_id() != before
-    given = "0b5bd1a4-8c4b-4f4e-9a59-5d1f3c2b1a00"
-    c = clients(url, client_id=given, **FAST)
-    wait_status(c, "connected")
-    assert c.get_client_id() == given
+
+
+def test_an_id_comes_back_only_with_its_resume_token(app_server, clients):
+    """``client_id=`` with the ``resume_token=`` of the welcome that gave it keeps that
+    id in a later client; without the token (a copied id), the server gives a fresh one."""
+    url = app_server.ws_url(ECHO)
+    a = clients(url, **FAST)
+    wait_status(a, "connected")
+    mine, token = a.get_client_id(), a.get_resume_token()
+    assert token and len(token) == 43
+    a.disconnect()
+    again = clients(url, client_id=mine, resume_token=token, **FAST)
+    wait_status(again, "connected")
+    assert again.get_client_id() == mine and again.get_resume_token() == token
+    copied = clients(url, client_id=mine, **FAST)
+    wait_status(copied, "connected")
+    assert copied.get_client_id() != mine
+    assert again.rec.statuses == ["connecting", "connected"]  # not pushed out (no 4409)
 
 
 def test_frozen_server_is_detected_within_ping_plus_pong(own_server, clients):

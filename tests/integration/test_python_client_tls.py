@@ -209,7 +209,7 @@ def test_server_request_and_close_codes_over_tls(tls_server, trusting, clients):
     wait_status(gone, "disconnected")
     assert gone.rec.statuses == ["connecting", "disconnected"]
     twin = clients(tls_server.ws_url(path), ssl_context=trusting,
-                   client_id=c.get_client_id())
+                   client_id=c.get_client_id(), resume_token=c.get_resume_token())
     assert twin.wait_connected(10)
     wait_for(lambda: c.rec.statuses.count("connected") == 2, message="the replaced one back")
     assert c.get_client_id() != twin.get_client_id()

@@ -24,8 +24,8 @@ IN_FLIGHT = 250
 #: Seconds Redis stops answering in the middle of the first storm (a slow Redis, or a
 #: busy one: under the link's reply timeout, so it must not count as an outage).
 REDIS_PAUSE = 0.5
-SETTINGS = {"JPULSE_WS_MAX_CONNECTIONS_PER_IP": 100000, "JPULSE_WS_PING_INTERVAL": 60,
-            "JPULSE_WS_PONG_TIMEOUT": 60}
+SETTINGS = {"JPULSE_WS_MAX_CONNECTIONS_PER_IP": 100000, "JPULSE_WS_HANDSHAKE_RATE": 0,
+            "JPULSE_WS_PING_INTERVAL": 60, "JPULSE_WS_PONG_TIMEOUT": 60}
 #: What the logs of a storm must never show.
 BAD_LOG_LINES = ("Traceback", "Invalid HTTP request line", "Error handling request",
                  " 500 ")

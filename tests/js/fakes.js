@@ -92,13 +92,15 @@ function makeFakeWebSocketClass() {
       if (this.onmessage) this.onmessage({data: typeof frame === 'string' ? frame : JSON.stringify(frame)});
     }
 
-    serverWelcome(clientId, limits) {
+    serverWelcome(clientId, limits, resumeToken) {
       if (this.readyState === 0) this.serverOpen();
+      const data = {clientId: clientId || this.query.get('uuid'), namespace: '/api/1/ws/test', limits: limits || {maxSize: 65536, interval: 1000, maxMessages: 50}};
+      if (resumeToken !== undefined) data.resumeToken = resumeToken;
       this.serverSend({
         success: true,
         data: {
           type: 'connected',
-          data: {clientId: clientId || this.query.get('uuid'), namespace: '/api/1/ws/test', limits: limits || {maxSize: 65536, interval: 1000, maxMessages: 50}},
+          data: data,
           ctx: {username: ''},
         },
       });
@@ -125,6 +127,10 @@ class FakeStorage {
   setItem(key, value) {
     this.items.set(key, String(value));
   }
+
+  removeItem(key) {
+    this.items.delete(key);
+  }
 }
 
 class ThrowingStorage {
@@ -133,6 +139,10 @@ class ThrowingStorage {
   }
 
   setItem() {
+    throw new Error('SecurityError: storage disabled');
+  }
+
+  removeItem() {
     throw new Error('SecurityError: storage disabled');
   }
 }

@@ -14,6 +14,8 @@ const SCRIPT = path.join(__dirname, '..', '..', 'flask_jpulse_ws', 'static', 'jp
 const KEY = 'jPulse.ws.clientUUID';
 const UUID_V4 = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const SERVER_ID = 'aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee';
+const TOKEN_KEY = 'jPulse.ws.resumeToken';
+const TOKEN = 'Jb3yN4x0kQ2m_7-vE5rT1uW8zA6cD9fG0hI2jK4lM6n'; // 43 characters, as the server's
 
 /** Advance 1 ms at a time until a new socket appears; returns the elapsed ms (or null). */
 function msUntilNextSocket(t, limit = 120000) {
@@ -126,6 +128,61 @@ describe('client id', () => {
     t.last().serverClose(1006);
     t.clock.advance(5000);
     assert.equal(t.last().query.get('uuid'), SERVER_ID, 'the next socket reuses it');
+  });
+
+  test('the resume token of the welcome is stored and sent with the id on reconnect', () => {
+    const t = setup();
+    const handle = t.ws.connect('/api/1/ws/chat');
+    assert.equal(t.last().query.get('resume'), null, 'no token before the first welcome');
+    t.last().serverWelcome(SERVER_ID, undefined, TOKEN);
+    assert.equal(t.storage.getItem(TOKEN_KEY), TOKEN);
+    t.last().serverClose(1006);
+    t.clock.advance(5000);
+    assert.equal(t.last().query.get('uuid'), SERVER_ID);
+    assert.equal(t.last().query.get('resume'), TOKEN);
+    assert.equal(handle.getClientId(), SERVER_ID);
+  });
+
+  test('a stored id and token survive a reload and go with the first socket', () => {
+    const storage = new FakeStorage();
+    storage.setItem(KEY, SERVER_ID);
+    storage.setItem(TOKEN_KEY, TOKEN);
+    const t = setup({sessionStorage: storage});
+    t.ws.connect('/api/1/ws/chat');
+    assert.equal(t.last().query.get('uuid'), SERVER_ID);
+    assert.equal(t.last().query.get('resume'), TOKEN);
+  });
+
+  test('a welcome without a token (or a malformed one) leaves none to send', () => {
+    const t = setup();
+    t.ws.connect('/api/1/ws/chat');
+    t.last().serverWelcome(SERVER_ID, undefined, TOKEN);
+    t.last().serverClose(1006);
+    t.clock.advance(5000);
+    t.last().serverWelcome(SERVER_ID, undefined, 'not a token?');
+    assert.equal(t.storage.getItem(TOKEN_KEY), null);
+    t.last().serverClose(1006);
+    t.clock.advance(5000);
+    assert.equal(t.last().query.get('resume'), null);
+  });
+
+  test('one id and token for every namespace of the tab, once a welcome gave them', () => {
+    const t = setup();
+    t.ws.connect('/api/1/ws/a');
+    t.last().serverWelcome(SERVER_ID, undefined, TOKEN);
+    t.ws.connect('/api/1/ws/b');
+    assert.equal(t.last().query.get('uuid'), SERVER_ID);
+    assert.equal(t.last().query.get('resume'), TOKEN);
+  });
+
+  test('without storage the token is kept in memory', () => {
+    const t = setup({sessionStorage: new ThrowingStorage()});
+    t.ws.connect('/api/1/ws/chat');
+    t.last().serverWelcome(SERVER_ID, undefined, TOKEN);
+    t.last().serverClose(1006);
+    t.clock.advance(5000);
+    assert.equal(t.last().query.get('uuid'), SERVER_ID);
+    assert.equal(t.last().query.get('resume'), TOKEN);
   });
 
   test('a throwing sessionStorage falls back to memory', () => {
@@ -429,6 +486,16 @@ describe('close codes that stop or redirect', () => {
     t.ws.connect('/api/1/ws/chat');
     t.last().serverClose(4409);
     assert.equal(msUntilNextSocket(t), 5000);
+  });
+
+  test('4409 forgets the resume token with the old id', () => {
+    const t = setup();
+    const handle = t.ws.connect('/api/1/ws/chat');
+    t.last().serverWelcome(SERVER_ID, undefined, TOKEN);
+    t.last().serverClose(4409);
+    assert.notEqual(handle.getClientId(), SERVER_ID);
+    assert.equal(t.last().query.get('resume'), null, 'a new id has no token yet');
+    assert.equal(t.storage.getItem(TOKEN_KEY), null);
   });
 
   test('4529 waits reconnectMaxInterval', () => {

@@ -1,8 +1,14 @@
-"""Size, rate and abuse arithmetic."""
+"""Size, rate and abuse arithmetic; the handshake rate per address."""
 
 import pytest
 
-from flask_jpulse_ws.core.limits import AbuseCounter, Limits, PingBudget, RateWindow
+from flask_jpulse_ws.core.limits import (
+    AbuseCounter,
+    HandshakeRate,
+    Limits,
+    PingBudget,
+    RateWindow,
+)
 
 
 def test_namespace_overrides_fall_back_per_key_to_the_configuration():
@@ -60,3 +66,37 @@ def test_pings_get_a_generous_budget_and_no_more():
     assert not budget.allow(100.0)
     assert budget.allow(100.2) and not budget.allow(100.2)  # one more after 1/5 s
     assert sum(budget.allow(200.0) for _ in range(30)) == 20  # refilled, up to the burst
+
+
+def test_handshakes_get_the_burst_then_the_rate_with_a_retry_after():
+    bucket = HandshakeRate(rate=100.0, burst=1000)
+    assert all(bucket.retry_after("10.0.0.1", 5.0) is None for _ in range(1000))
+    assert bucket.retry_after("10.0.0.1", 5.0) == 1  # a token in 1/100 s: "1" at least
+    assert bucket.retry_after("10.0.0.1", 5.02) is None  # the tokens of 1/50 s
+    assert bucket.retry_after("10.0.0.2", 5.02) is None  # another address: its own bucket
+    assert bucket.refused == 1
+
+
+def test_retry_after_is_the_whole_seconds_until_the_next_handshake():
+    bucket = HandshakeRate(rate=0.25, burst=1)
+    assert bucket.retry_after("a", 0.0) is None
+    assert bucket.retry_after("a", 0.0) == 4
+    assert bucket.retry_after("a", 2.5) == 2  # 0.625 of a token: 1.5 s, rounded up
+    assert bucket.retry_after("a", 4.0) is None
+
+
+def test_the_handshake_table_is_bounded_and_forgets_the_least_recently_seen():
+    bucket = HandshakeRate(rate=1.0, burst=1, max_addresses=3)
+    for address in ("a", "b", "c"):
+        assert bucket.retry_after(address, 0.0) is None
+    assert bucket.retry_after("a", 0.0) == 1  # a is now the most recently seen
+    assert bucket.retry_after("d", 0.0) is None  # b, the least recent, makes way
+    assert len(bucket) == 3
+    assert bucket.retry_after("a", 0.0) == 1 and bucket.retry_after("c", 0.0) == 1
+    assert bucket.retry_after("b", 0.0) is None  # forgotten: a full bucket again
+
+
+def test_a_handshake_rate_of_zero_is_no_limit():
+    bucket = HandshakeRate(rate=0, burst=1)
+    assert all(bucket.retry_after("a", 0.0) is None for _ in range(100))
+    assert len(bucket) == 0 and bucket.refused == 0
