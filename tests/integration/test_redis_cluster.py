@@ -10,7 +10,9 @@ import time
 
 import pytest
 import redis as redis_py
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
+from redis.retry import Retry
 from servers import GunicornServer, RedisClusterServers, wait_for
 from test_cluster import APP, WORKERS, close_all, open_spread
 
@@ -33,10 +35,10 @@ def slot_of_room(room):
 
 
 @pytest.fixture(scope="module")
-def redis_cluster():
-    nodes = RedisClusterServers(masters=3, replicas=1, node_timeout_ms=1000).start()
-    yield nodes
-    nodes.stop()
+def redis_cluster(redis_cluster_nodes):
+    """The session's cluster (a migrated slot harms no other test); the failover tests
+    start clusters of their own."""
+    return redis_cluster_nodes
 
 
 def start_server(url, **settings):
@@ -297,9 +299,11 @@ def fail_over(nodes, victim, how):
         with nodes.client(replica_of(nodes, victim)) as r:
             r.execute_command("CLUSTER", "FAILOVER")
     else:
-        sleeper = threading.Thread(target=lambda: nodes.client(victim).execute_command(
-            "DEBUG", "SLEEP", 4), daemon=True)
-        sleeper.start()
+        def sleep():  # once: no retry (a second DEBUG SLEEP would queue behind it)
+            with redis_py.Redis(port=victim, socket_timeout=10,
+                                retry=Retry(NoBackoff(), 0)) as r:
+                r.execute_command("DEBUG", "SLEEP", 4)
+        threading.Thread(target=sleep, daemon=True).start()
 
 
 @pytest.mark.parametrize("how", ["kill", "manual", "sleep"])
