@@ -99,15 +99,20 @@ def parse_cluster_url(url: str) -> ClusterURL:
     return ClusterURL(nodes, username, password, ssl=parts.scheme == "rediss+cluster")
 
 
-def node_client(spec: ClusterURL, host: str, port: int, **options: Any) -> redis.Redis:
-    """A plain client to one node of the cluster, with the URL's credentials."""
+def _with_credentials(options: Dict[str, Any], spec: Any) -> Dict[str, Any]:
+    """``options`` plus the user, password and TLS of a parsed cluster or sentinel URL."""
     if spec.username:
         options["username"] = spec.username
     if spec.password is not None:
         options["password"] = spec.password
     if spec.ssl:
         options["ssl"] = True
-    return redis.Redis(host=host, port=port, **options)
+    return options
+
+
+def node_client(spec: ClusterURL, host: str, port: int, **options: Any) -> redis.Redis:
+    """A plain client to one node of the cluster, with the URL's credentials."""
+    return redis.Redis(host=host, port=port, **_with_credentials(options, spec))
 
 
 def parse_sentinel_url(url: str) -> SentinelURL:
@@ -141,15 +146,9 @@ def redis_client(url: str, **options: Any) -> Any:
         from redis.cluster import ClusterNode, RedisCluster
 
         nodes = parse_cluster_url(url)
-        if nodes.username:
-            options["username"] = nodes.username
-        if nodes.password is not None:
-            options["password"] = nodes.password
-        if nodes.ssl:
-            options["ssl"] = True
         options.pop("max_connections", None)  # RedisCluster keeps a pool per node
         return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes.nodes],
-                            **options)
+                            **_with_credentials(options, nodes))
     if scheme not in SENTINEL_SCHEMES:
         return redis.Redis.from_url(url, **options)
     spec = parse_sentinel_url(url)
@@ -158,11 +157,5 @@ def redis_client(url: str, **options: Any) -> Any:
     if spec.sentinel_password:
         sentinel_kwargs["password"] = spec.sentinel_password
     sentinel = Sentinel(spec.sentinels, sentinel_kwargs=sentinel_kwargs)
-    master_options = dict(options, db=spec.db)
-    if spec.username:
-        master_options["username"] = spec.username
-    if spec.password is not None:
-        master_options["password"] = spec.password
-    if spec.ssl:
-        master_options["ssl"] = True
+    master_options = _with_credentials(dict(options, db=spec.db), spec)
     return sentinel.master_for(spec.service, redis_class=redis.Redis, **master_options)
