@@ -25,7 +25,7 @@ from redis.crc import key_slot
 from .. import concurrency
 from .link_errors import CommandFailed, LinkBusy, LinkDown
 from .redis_connect import ClusterURL, node_client
-from .redis_link import CALL_WAIT, RedisLink
+from .redis_link import CALL_WAIT, OneCall, RedisLink
 
 __all__ = ["ClusterTopology", "ClusterLink", "slot_of_call"]
 
@@ -119,7 +119,7 @@ def _node(entry: Sequence[Any]) -> Node:
     return host or "127.0.0.1", int(entry[1])
 
 
-class ClusterLink:
+class ClusterLink(OneCall):
     """The same calls as :class:`~.redis_link.RedisLink`, over every master."""
 
     def __init__(self, spec: ClusterURL, options: Dict[str, Any],
@@ -215,18 +215,6 @@ class ClusterLink:
         except LinkDown:
             return False
         return self._link(node).post(recorded)
-
-    def call(self, *args: Any, timeout: Optional[float] = CALL_WAIT,
-             cancel_on_timeout: bool = True) -> Any:
-        rec = self.pipeline()
-        rec.execute_command(*args)
-        return self.run(rec, timeout, cancel_on_timeout)[0]
-
-    def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any],
-             timeout: Optional[float] = CALL_WAIT, cancel_on_timeout: bool = True) -> Any:
-        rec = self.pipeline()
-        script(keys=keys, args=args, client=rec)
-        return self.run(rec, timeout, cancel_on_timeout)[0]
 
     def stop(self) -> None:
         for link in list(self._links.values()):

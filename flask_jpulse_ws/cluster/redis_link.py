@@ -80,7 +80,34 @@ class _Call:
         self.reloaded = False  # sent again once after NOSCRIPT
 
 
-class RedisLink:
+class OneCall:
+    """``call`` and ``eval`` on top of a link's ``pipeline()`` and ``run()`` (the link of
+    one Redis and that of a Redis Cluster share them)."""
+
+    def pipeline(self) -> Any:
+        raise NotImplementedError
+
+    def run(self, recorded: Any, timeout: Optional[float] = CALL_WAIT,
+            cancel_on_timeout: bool = True) -> List[Any]:
+        raise NotImplementedError
+
+    def call(self, *args: Any, timeout: Optional[float] = CALL_WAIT,
+             cancel_on_timeout: bool = True) -> Any:
+        """One command, e.g. ``link.call("PUBLISH", channel, data)``."""
+        rec = self.pipeline()
+        rec.execute_command(*args)
+        return self.run(rec, timeout, cancel_on_timeout)[0]
+
+    def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any],
+             timeout: Optional[float] = CALL_WAIT, cancel_on_timeout: bool = True) -> Any:
+        """One registered script (loaded into Redis on first use, and again after a
+        Redis restart)."""
+        rec = self.pipeline()
+        script(keys=keys, args=args, client=rec)
+        return self.run(rec, timeout, cancel_on_timeout)[0]
+
+
+class RedisLink(OneCall):
     """One process's command channel to Redis (the subscriber has its own connection).
 
     ``client`` is a ``redis.Redis`` that nothing else uses, made without retries (a
@@ -140,21 +167,6 @@ class RedisLink:
         except LinkBusy:
             return False
         return True
-
-    def call(self, *args: Any, timeout: Optional[float] = CALL_WAIT,
-             cancel_on_timeout: bool = True) -> Any:
-        """One command, e.g. ``link.call("PUBLISH", channel, data)``."""
-        rec = self.pipeline()
-        rec.execute_command(*args)
-        return self.run(rec, timeout, cancel_on_timeout)[0]
-
-    def eval(self, script: Script, keys: Sequence[Any], args: Sequence[Any],
-             timeout: Optional[float] = CALL_WAIT, cancel_on_timeout: bool = True) -> Any:
-        """One registered script (loaded into Redis on first use, and again after a
-        Redis restart)."""
-        rec = self.pipeline()
-        script(keys=keys, args=args, client=rec)
-        return self.run(rec, timeout, cancel_on_timeout)[0]
 
     def _enqueue(self, recorded: Any, wait: bool) -> _Call:
         if self._stopped:
