@@ -134,7 +134,7 @@ async def _drive(case: str, target: lg.Target, worker_pid: int, lead: float, win
     c0 = proc.cpu_times()
     t0 = time.perf_counter()
     cmd = [_pyspy() or "py-spy", "record", "-f", "raw", "-o", str(raw),
-           "--pid", str(worker_pid), "--duration", str(int(window)), "--rate", str(rate)]
+           "--pid", str(worker_pid), "--nonblocking", "--duration", str(int(window)), "--rate", str(rate)]
     if native:
         cmd.append("--native")
     spy = await asyncio.create_subprocess_exec(*cmd, stdout=subprocess.PIPE,
