@@ -14,6 +14,8 @@ dict lookup, before it is decoded (:meth:`Interest.holds`).
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import concurrency
@@ -62,6 +64,11 @@ class Interest:
         self._by_name: Dict[bytes, _Channel] = {}
         self._to_subscribe: List[_Channel] = []
         self._flush_scheduled = False
+        # Under threads (flask run) a want and the flush can overlap: without the lock a
+        # path appended to the list the flush had just taken was never subscribed.
+        # Under gevent nothing in between switches, so no lock.
+        self._batch_lock: Any = (contextlib.nullcontext() if concurrency.using_gevent()
+                                 else concurrency.Lock())
         self.connected = False
         self.subscribes = 0
         self.unsubscribes = 0
@@ -191,14 +198,16 @@ class Interest:
         ch.state = _SUBSCRIBING
         if not self.connected:
             return  # resubscribe() sends it with the next connection
-        self._to_subscribe.append(ch)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        with self._batch_lock:
+            self._to_subscribe.append(ch)
+            schedule, self._flush_scheduled = not self._flush_scheduled, True
+        if schedule:
             concurrency.spawn(self._flush)  # after the handshakes of this iteration
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._to_subscribe = self._to_subscribe, []
+        with self._batch_lock:
+            self._flush_scheduled = False
+            batch, self._to_subscribe = self._to_subscribe, []
         names = [ch.name for ch in batch if ch.state == _SUBSCRIBING]
         if not names or not self.connected:
             return
