@@ -14,11 +14,11 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Set
 
 __all__ = ["using_gevent", "spawn", "spawn_later", "every", "sleep", "Event", "Lock",
            "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon", "is_tls",
-           "WriteStarted"]
+           "WriteStarted", "watch_blocking", "unwatch_blocking"]
 
 _gevent: Optional[bool] = None
 _gevent_module: Any = None
@@ -26,8 +26,10 @@ monotonic = time.monotonic
 
 
 def _forget_after_fork() -> None:
-    global _gevent
+    global _gevent, _check_scheduled
     _gevent = None  # gunicorn --preload: the worker patches socket after the fork
+    _check_scheduled = False  # the child has a loop of its own
+    _watched.clear()
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
@@ -130,6 +132,48 @@ def receiver(sock: Any, size: int) -> Callable[[], bytes]:
                 continue  # woken without data: wait again
 
     return recv
+
+
+#: Owners of work that runs in the current greenlet in place of a task of its own: see
+#: :func:`watch_blocking`.
+_watched: Set[Any] = set()
+_check_scheduled = False
+
+
+def watch_blocking(owner: Any) -> None:
+    """Call ``owner.blocked()`` if the running greenlet yields to the loop before
+    :func:`unwatch_blocking` (gevent only).
+
+    Work that usually ends without waiting (an app handler) runs in the greenlet at
+    hand, which saves a task switch each time; when it does wait, its owner hears so
+    as soon as the loop runs its callbacks, before it waits for I/O. One callback per
+    turn of the loop checks every owner that is still watched: its greenlet is not
+    running, so it yielded in the middle of the work. (A libev *prepare* watcher would
+    cost nothing per call, but gevent's loop does not run it before every poll.)
+    """
+    global _check_scheduled
+    _watched.add(owner)
+    if not _check_scheduled:
+        _check_scheduled = True
+        call_soon(_tell_blocked)
+
+
+#: End :func:`watch_blocking` for ``owner`` (no call if it never yielded).
+unwatch_blocking = _watched.discard
+
+
+def _tell_blocked() -> None:
+    global _check_scheduled
+    _check_scheduled = False
+    if not _watched:
+        return
+    blocked = tuple(_watched)
+    _watched.clear()
+    for owner in blocked:
+        try:
+            owner.blocked()
+        except Exception:  # one owner's bug must not stop the others
+            logging.getLogger("flask_jpulse_ws").exception("%r.blocked() failed", owner)
 
 
 def call_soon(fn: Callable[[], Any]) -> None:

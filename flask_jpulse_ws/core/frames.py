@@ -194,6 +194,10 @@ class FrameDecoder:
         :raises ProtocolError: the events decoded before the bad frame are on the
             exception (``events``): a valid message is never lost to a later error.
         """
+        if not self._buf and self._frag_op is None and self._expect_mask:
+            whole = self._lone_text_frame(data)
+            if whole is not None:
+                return [(OP_TEXT, whole)]
         events: List[Event] = []
         try:
             return self._feed(data, events)
@@ -201,6 +205,30 @@ class FrameDecoder:
             exc.events = events
             exc.opcode = self._opcode
             raise
+
+    def _lone_text_frame(self, data: Union[bytes, bytearray]) -> Optional[bytes]:
+        """The payload when ``data`` is exactly one whole, final, masked text frame of
+        under 64 KiB with valid UTF-8 (what a client sends nearly every time), else None:
+        then the general path decodes it, errors included. Nothing is buffered."""
+        n = len(data)
+        if n < 6 or data[0] != 0x81:  # FIN + text, no reserved bits
+            return None
+        length = data[1] ^ 0x80  # the mask bit must be set: it leaves 0-127
+        if length < 126:
+            hdr = 6
+        elif length == 126 and n >= 8:
+            length = (data[2] << 8) | data[3]
+            hdr = 8
+        else:
+            return None  # unmasked (>= 128 here), a 64-bit length, or too short
+        if n != hdr + length or length > self._max:
+            return None
+        payload = _mask(bytes(data[hdr:]), bytes(data[hdr - 4:hdr]))
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        return payload
 
     def _feed(self, data: Union[bytes, bytearray], events: List[Event]) -> List[Event]:
         buf = self._buf

@@ -53,6 +53,10 @@ class RateDecision:
     retry_after_ms: int = 0
 
 
+#: Every accepted message shares this answer: no object made per message.
+_ALLOWED = RateDecision(True)
+
+
 class RateWindow:
     """At most ``max_messages`` accepted messages in any rolling ``interval``.
 
@@ -78,7 +82,7 @@ class RateWindow:
             self._notified = False
         if len(stamps) < self._max:
             stamps.append(now)
-            return RateDecision(True)
+            return _ALLOWED
         retry_after = max(0, int(round((stamps[0] + self._interval - now) * 1000)))
         notify = has_request_id or not self._notified
         if not has_request_id:

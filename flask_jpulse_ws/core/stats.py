@@ -175,8 +175,8 @@ class ActivityLog:
                 text = text[:keep] + b" ... " + text[-keep:]
             else:
                 text = text[:keep] + " ... " + text[-keep:]
+        # Old entries go when the log is read (entries()); maxlen bounds it meanwhile.
         self._entries.append((now, namespace, direction, username, msg_type, text))
-        self._prune(now)
 
     def _prune(self, now: float) -> None:
         horizon = now - self._window

@@ -8,6 +8,7 @@ namespace, the settings and a drop counter, and it works over ``socket.socketpai
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import time
 import uuid
@@ -37,6 +38,10 @@ def _ignore(conn: Connection, payload: bytes) -> None:
     """Message sink until ``run()`` installs the pipeline."""
 
 
+def _no_recv() -> bytes:
+    return b""
+
+
 _RECV_BYTES = 65536
 #: Seconds a failing connection waits for the handlers of the messages that came before
 #: the bad frame (their replies go out before the close frame).
@@ -49,6 +54,8 @@ _PRESENCE_INFO_MAX = 1024
 _HANDLER_LINGER = 2.0
 #: States of the handler task.
 _NO_HANDLER, _RUNNING, _LINGERING = object(), object(), object()
+#: A stand-in reader's end: reading goes back to the connection's own task, or is over.
+_READER_BACK, _READER_DONE = object(), object()
 #: Messages waiting for a busy handler before the reader stops reading.
 _INBOX_MAX = 64
 
@@ -124,6 +131,15 @@ class Connection:
         self._idle.set()
         self._inbox_space = concurrency.Event()
         self._inbox_space.set()
+        # Handlers inline (gevent): run in the reader when a read brings one message and
+        # no handler is busy. ``_inline_ok`` is set per read; ``_stand_in`` is the task
+        # that reads while an inline handler waits (then _READER_BACK or _READER_DONE).
+        self._can_inline = concurrency.using_gevent()
+        self._inline_ok = False
+        self._stand_in: Any = None
+        self._recv: Callable[[], bytes] = _no_recv
+        self._run_handler: Any = None
+        self._handler_vars: Optional[contextvars.Context] = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.namespace.path} {self.ctx.username!r}>"
@@ -342,25 +358,43 @@ class Connection:
         """
         self._on_message = on_message
         self._on_binary = on_message if on_binary is None else on_binary
-        recv = concurrency.receiver(self.sock, _RECV_BYTES)
+        self._recv = concurrency.receiver(self.sock, _RECV_BYTES)
         try:
-            while True:
-                data = recv()
-                if not data or not self._process(data):
-                    return
-        except OSError:
-            return
+            self._read(stand_in=False)
         finally:
             self.open = False
             self._out.finish()  # the server closes the socket when we return
             self._fail_pending()
             self._wake.set()  # a lingering handler task ends now
 
-    def _process(self, data: bytes) -> bool:
-        """Decode received bytes and act on them; False once the connection is over."""
+    def _read(self, stand_in: bool) -> bool:
+        """Read and act on what arrives. False once the connection is over; True when a
+        stand-in hands reading back to the connection's own task (:meth:`blocked`)."""
+        recv = self._recv
+        try:
+            while True:
+                data = recv()
+                if not data or not self._process(data, inline=not stand_in):
+                    return False
+                if stand_in:
+                    if self._handler is _RUNNING:
+                        concurrency.sleep(0)  # let the handler run what was just queued
+                    if self._handler is _LINGERING and not self._inbox:
+                        return True  # the handler is free again: it reads on itself
+                elif self._stand_in is not None and not self._serve_stand_in():
+                    return False
+        except OSError:
+            return False
+
+    def _process(self, data: bytes, inline: bool = False) -> bool:
+        """Decode received bytes and act on them; False once the connection is over.
+
+        :param inline: a lone app message may run its handler right here.
+        """
         try:
             events = self._decoder.feed(data)
         except frames.ProtocolError as exc:
+            self._inline_ok = False
             # What came whole before the bad frame is handled first, replies included
             # (RFC 6455: the connection fails at the bad frame, not before it).
             if self._handle(exc.events):
@@ -375,6 +409,8 @@ class Connection:
                     self.close(exc.code, exc.reason)
                     self._drain_until_closed()
             return False
+        # One message in this read: its handler may run inline (nothing after it waits).
+        self._inline_ok = inline and self._can_inline and len(events) == 1
         return self._handle(events)
 
     def _handle(self, events: List[Tuple[int, bytes]]) -> bool:
@@ -407,7 +443,14 @@ class Connection:
         then ends, so idle sockets hold no greenlet for it. A full inbox makes
         the reader wait, which pushes back on the client through TCP instead of
         growing memory.
+
+        Under gevent, a message that came alone while no handler is busy skips the
+        inbox: its handler runs in the reader (:meth:`_handle_inline`).
         """
+        inline, self._inline_ok = self._inline_ok, False
+        if inline and self._handler is _NO_HANDLER:
+            self._handle_inline(message, request_id, run)
+            return
         with self._lock:
             self._inbox.append((message, request_id))
             handler, self._handler = self._handler, _RUNNING
@@ -446,6 +489,75 @@ class Connection:
                     continue
                 self._handler = _NO_HANDLER
                 return
+
+    def _handle_inline(self, message: Dict[str, Any], request_id: Optional[str],
+                       run: Callable[[Connection, Dict[str, Any], Optional[str]], None]
+                       ) -> None:
+        """Run the handler here, in the reader: no task to wake, no switch. Most handlers
+        end without waiting; one that waits (a database, ``conn.request()``) gets a
+        stand-in reader within one turn of the loop (:meth:`blocked`), so pongs and
+        rejections never wait for it."""
+        self._handler = _RUNNING
+        self._run_handler = run
+        concurrency.watch_blocking(self)
+        try:
+            self._run_apart(run, message, request_id)
+        finally:
+            concurrency.unwatch_blocking(self)
+            if self._stand_in is None:
+                self._handler = _NO_HANDLER
+            # else: _read goes on in _serve_stand_in, as the stand-in's handler task
+
+    def _run_apart(self, run: Callable[[Connection, Dict[str, Any], Optional[str]], None],
+                   message: Dict[str, Any], request_id: Optional[str]) -> None:
+        """Run a handler in the reader with context variables of its own, as a handler
+        task has: the reader's hold the upgrade request's context (``flask.request``,
+        ``current_user``), which a handler must not see only when it happens to run
+        inline."""
+        if self._handler_vars is None:
+            self._handler_vars = contextvars.Context()
+        self._handler_vars.run(run, self, message, request_id)
+
+    def blocked(self) -> None:
+        """The handler running inline waits (called from the loop): read on in a
+        stand-in task meanwhile; what it reads queues up behind that handler."""
+        if self.open and self._stand_in is None:
+            self._idle.clear()
+            self._stand_in = concurrency.spawn(self._read_for_blocked_handler)
+
+    def _read_for_blocked_handler(self) -> None:
+        over = True
+        try:
+            over = not self._read(stand_in=True)
+        finally:
+            if over:
+                self.open = False  # as the reader's own end does: handlers see it at once
+                self._fail_pending()  # a handler waiting in request() hears it now
+            self._stand_in = _READER_DONE if over else _READER_BACK
+            self._wake.set()
+
+    def _serve_stand_in(self) -> bool:
+        """The reader's own task, its inline handler done while a stand-in reads: handle
+        what the stand-in queues, in order, until it hands reading back (True) or the
+        connection is over (False)."""
+        run = self._run_handler
+        while True:
+            if self._inbox:
+                message, request_id = self._inbox.popleft()
+                self._inbox_space.set()
+                self._handler = _RUNNING
+                self._run_apart(run, message, request_id)
+                continue
+            ended = self._stand_in
+            if ended is _READER_BACK or ended is _READER_DONE:
+                self._stand_in = None
+                self._handler = _NO_HANDLER
+                self._idle.set()
+                return ended is _READER_BACK
+            self._handler = _LINGERING  # enqueue() wakes us; the stand-in may hand back
+            self._idle.set()
+            self._wake.clear()
+            self._wake.wait()
 
     def wait_handlers(self, timeout: float) -> bool:
         """Wait until queued messages have been handled (before ``on_disconnect``)."""

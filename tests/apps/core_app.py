@@ -8,7 +8,7 @@ under /_test/ expose server-side calls (broadcast, stats, logout...).
 import os
 
 from _env import add_cut_route, settings_from_env
-from flask import Flask, jsonify, request, session
+from flask import Flask, has_app_context, has_request_context, jsonify, request, session
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
 from flask_jpulse_ws import Context, JPulseWS, WSError
@@ -117,6 +117,9 @@ def create_app():
             conn.reply(result)
         elif t == "echo":
             conn.reply(msg)
+        elif t == "contexts":
+            conn.reply({"request": has_request_context(),
+                        "app": has_app_context()})
         elif t == "sleep":
             import time
             time.sleep(msg.get("seconds", 1))  # cooperative under gevent's monkey-patching

@@ -2,6 +2,7 @@
 
 import time
 
+import orjson
 import pytest
 
 from flask_jpulse_ws import JPulseWS
@@ -249,6 +250,44 @@ def test_a_slow_handler_does_not_delay_pongs_or_rejections(client):
     assert client.receive()["code"] == 400
     assert time.monotonic() - started < 1.0
     assert client.receive(timeout=5)["data"] == {"slept": True}
+
+
+def test_handlers_that_wait_and_handlers_that_do_not_run_in_order(client):
+    """A message that arrives alone runs its handler in the reader; a handler that waits
+    gets a stand-in reader, which queues what comes next behind it and hands reading
+    back once the handler is free. Sent one at a time, so that most reads hold one
+    message, with pings in between: every reply comes, in order, and every ping is
+    answered while handlers sleep."""
+    import time
+    sent = []
+    for i in range(40):  # under the rate limit of 50 per second
+        if i % 3 == 0:
+            client.send({"type": "sleep", "seconds": 0.03, "requestId": f"r{i}"})
+        else:
+            client.send({"type": "echo", "requestId": f"r{i}", "i": i})
+        sent.append(f"r{i}")
+        if i % 5 == 0:
+            client.send({"type": "_ping", "t": i})
+        time.sleep(0.004)
+    frames_in = client.receive_all(3.0)
+    replies = [f["requestId"] for f in frames_in if "requestId" in f]
+    pongs = [f["data"]["data"]["t"] for f in frames_in if f.get("data", {}).get("type") == "_pong"]
+    assert replies == sent
+    assert pongs == list(range(0, 40, 5))
+    assert client.request({"type": "echo", "i": "after"})["data"]["i"] == "after"
+
+
+def test_a_handler_sees_an_app_context_and_never_the_upgrade_request(client):
+    """Alone in a read the handler runs in the reader, whose context holds the upgrade
+    request; in a burst it runs in a handler task. Both see the same: an app context of
+    their own and no request."""
+    alone = client.request({"type": "contexts"})["data"]
+    burst = b"".join(frames.encode_frame(frames.OP_TEXT, orjson.dumps(
+        {"type": "contexts", "requestId": f"b{i}"}), mask=True) for i in range(3))
+    client.sock.sendall(burst)
+    in_task = [client.receive()["data"] for _ in range(3)]
+    assert alone == {"request": False, "app": True}
+    assert in_task == [alone] * 3
 
 
 def test_each_type_goes_to_its_own_handler_and_the_rest_to_on_message(server):
