@@ -15,7 +15,6 @@ dict lookup, before it is decoded (:meth:`Interest.holds`).
 from __future__ import annotations
 
 import contextlib
-
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .. import concurrency

@@ -100,9 +100,9 @@ class Connection:
         self.following = False  # counted in its namespace's interest (backend.follow)
         self._out = Outbound(sock, settings.max_queue_bytes, settings.close_timeout,
                              self._on_drop, f"{client_id} on {namespace.path}")
-        #: Hand one encoded frame to the socket, never waiting: ``send_frame(frame)``,
-        #: False once the connection takes no more data. The outbound's own method, so a
-        #: broadcast to thousands of sockets pays no call in between.
+        #: Hand one encoded frame to the socket, never waiting: ``send_frame(frame,
+        #: early=False)``, False once the connection takes no more data. The outbound's own
+        #: method, so a broadcast to thousands of sockets pays no call in between.
         self.send_frame = self._out.send
         # Guards the handler inbox under threads; gevent cannot switch in between.
         self._lock: Any = _NO_LOCK if concurrency.using_gevent() else concurrency.Lock()
@@ -140,6 +140,8 @@ class Connection:
         self._recv: Callable[[], bytes] = _no_recv
         self._run_handler: Any = None
         self._handler_vars: Optional[contextvars.Context] = None
+        #: The Flask app context the handlers run in (pipeline), pushed in _handler_vars.
+        self.handler_app_ctx: Any = None
 
     def __repr__(self) -> str:
         return f"<Connection {self.client_id} {self.namespace.path} {self.ctx.username!r}>"
@@ -477,7 +479,7 @@ class Connection:
                     self._wake.clear()
             if message is not None:
                 self._inbox_space.set()
-                run(self, message, request_id)
+                self._run_apart(run, message, request_id)
                 continue
             self._inbox_space.set()
             self._idle.set()
@@ -510,13 +512,27 @@ class Connection:
 
     def _run_apart(self, run: Callable[[Connection, Dict[str, Any], Optional[str]], None],
                    message: Dict[str, Any], request_id: Optional[str]) -> None:
-        """Run a handler in the reader with context variables of its own, as a handler
-        task has: the reader's hold the upgrade request's context (``flask.request``,
-        ``current_user``), which a handler must not see only when it happens to run
-        inline."""
+        """Run a handler with the connection's own context variables, wherever it runs
+        (the reader, a handler task or thread): the app context stays there from one
+        message to the next (pipeline), and the reader's variables, which hold the
+        upgrade request (``flask.request``, ``current_user``), are never seen by a
+        handler. Handlers of one connection never run at once, so one is enough."""
         if self._handler_vars is None:
             self._handler_vars = contextvars.Context()
         self._handler_vars.run(run, self, message, request_id)
+
+    def end_handlers(self) -> None:
+        """Pop the handlers' app context once none runs any more (before
+        ``on_disconnect``): its teardown functions run, and the context, its token and
+        the variables that hold it are freed at once, not left as a cycle for the
+        garbage collector."""
+        app_ctx, self.handler_app_ctx = self.handler_app_ctx, None
+        if app_ctx is not None and self._handler_vars is not None and self._idle.is_set():
+            try:
+                self._handler_vars.run(app_ctx.pop, None)
+            except (RuntimeError, AssertionError):  # a handler still runs in it, or left
+                # a context of its own pushed: the garbage collector frees it then
+                pass
 
     def blocked(self) -> None:
         """The handler running inline waits (called from the loop): read on in a

@@ -301,7 +301,9 @@ def _leave(state: AppState, conn: Connection) -> None:
         state.presence.left(conn)
     if conn.id_claim is not None:
         state.backend.claims.release(conn)
-    if not conn.wait_handlers(_HANDLER_DRAIN_TIMEOUT):
+    if conn.wait_handlers(_HANDLER_DRAIN_TIMEOUT):
+        conn.end_handlers()
+    else:
         log.warning("on_message handlers of %s still running after %.0f s; calling "
                     "on_disconnect anyway", ns.path, _HANDLER_DRAIN_TIMEOUT)
     now = time.time()

@@ -252,7 +252,7 @@ class Namespace:
         """Hand one encoded frame to every local client; returns how many took it."""
         n = 0
         for conn in tuple(self.clients.values()):
-            if conn.send_frame(frame):
+            if conn.send_frame(frame, True):  # early: see Outbound.send
                 n += 1
         return n
 

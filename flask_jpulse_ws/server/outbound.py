@@ -33,7 +33,7 @@ _SLOW_CONSUMER_CLOSE = frames.close_frame(CloseCode.SLOW_CONSUMER,
 
 
 class _Flusher:
-    """Writes every outbox once the current greenlet yields.
+    """Writes every outbox once the current greenlet yields, and counts those turns.
 
     The flush runs as a callback of gevent's loop: a list swap and one
     non-blocking write per socket, nothing that could switch greenlets.
@@ -42,6 +42,9 @@ class _Flusher:
     def __init__(self) -> None:
         self._dirty: List[Outbound] = []
         self._scheduled = False
+        #: Advances each time the flush runs: frames sent with the same ``turn`` were
+        #: sent before the greenlet sending them yielded.
+        self.turn = 0
 
     def add(self, out: Outbound) -> None:
         self._dirty.append(out)
@@ -49,9 +52,16 @@ class _Flusher:
             self._scheduled = True
             concurrency.call_soon(self.flush)
 
+    def end_turn_later(self) -> None:
+        """Make sure ``turn`` advances once the running greenlet yields."""
+        if not self._scheduled:
+            self._scheduled = True
+            concurrency.call_soon(self.flush)
+
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, []
         self._scheduled = False
+        self.turn += 1
         for out in dirty:
             try:
                 out.flush()
@@ -83,7 +93,7 @@ class Outbound:
     __slots__ = ("sock", "name", "closed", "close_code", "_max_queue", "_close_timeout",
                  "_on_drop", "_lock", "_coalesce", "_send_now", "_outbox", "_outbox_bytes",
                  "_queue", "_queued", "_head_partial", "_cut_when_flushed", "_cut_timer",
-                 "_drained")
+                 "_drained", "_turn")
 
     def __init__(self, sock: Any, max_queue: int, close_timeout: float,
                  on_drop: Callable[[str], None] = _uncounted, name: str = "") -> None:
@@ -110,20 +120,27 @@ class Outbound:
         self._cut_when_flushed = False
         self._cut_timer: Any = None
         self._drained: Any = None  # set by the writer when it ends, once finish() waits
+        self._turn = -1  # the flusher's turn of the last frame written straight away
 
     def __repr__(self) -> str:
         return f"<Outbound {self.name} queued={self._queued}>"
 
     # ------------------------------------------------------------------ frames
 
-    def send(self, frame: bytes) -> bool:
+    def send(self, frame: bytes, early: bool = False) -> bool:
         """Hand one encoded frame to the socket; never waits on a slow peer.
 
+        :param early: write the first frame of this loop turn at once instead of when
+            the greenlet yields: for a broadcast, whose first sockets then have it
+            while the loop still queues for the others (N = 5,000: 20 % more
+            deliveries per second). Not for replies: written one by one as they are
+            made, 50 clients got a third fewer replies per second than when a turn's
+            replies went out together.
         :returns: False once the socket takes no more data (closing, gone, or just
             closed 4503 for falling behind).
         """
         if self._coalesce:  # gevent: nothing in here can switch greenlets
-            outcome = self._offer(frame, False)
+            outcome = self._offer(frame, False, early)
         else:
             with self._lock:
                 outcome = self._offer(frame, False)
@@ -132,7 +149,7 @@ class Outbound:
             return False
         return outcome is True
 
-    def _offer(self, frame: bytes, force: bool) -> object:
+    def _offer(self, frame: bytes, force: bool, early: bool = False) -> object:
         """True sent or queued, False gone, ``_OVERFLOW`` past the bound (caller locks).
 
         :param force: for the close frame: past the closed state and the bound.
@@ -144,8 +161,13 @@ class Outbound:
             if not self._coalesce:
                 return self._write_now(frame)
             # Frames sent before this greenlet yields go out in one write: a burst of
-            # K broadcasts costs each socket one syscall, not K.
+            # K broadcasts costs each socket one syscall, not K (two when the first
+            # frame of the turn went out early).
             outbox = self._outbox
+            if early and outbox is None and self._turn != _FLUSHER.turn:
+                self._turn = _FLUSHER.turn
+                _FLUSHER.end_turn_later()
+                return self._write_now(frame)
             if outbox is None:
                 # The frame itself, not a list: a broadcast to N sockets allocates no
                 # container per socket (containers are what wakes the cycle collector).

@@ -8,7 +8,7 @@ under /_test/ expose server-side calls (broadcast, stats, logout...).
 import os
 
 from _env import add_cut_route, settings_from_env
-from flask import Flask, has_app_context, has_request_context, jsonify, request, session
+from flask import Flask, g, has_app_context, has_request_context, jsonify, request, session
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
 from flask_jpulse_ws import Context, JPulseWS, WSError
@@ -54,6 +54,12 @@ def create_app():
         if user_id in DELETED or user_id not in USERS:
             return None
         return User(user_id)
+
+    teardowns = []
+
+    @app.teardown_appcontext
+    def count_teardown(exc):
+        teardowns.append(exc)
 
     ws = JPulseWS(app)
     echo = ws.namespace("/api/1/ws/echo")
@@ -120,6 +126,9 @@ def create_app():
         elif t == "contexts":
             conn.reply({"request": has_request_context(),
                         "app": has_app_context()})
+        elif t == "g":  # what an earlier message left in g, and the teardowns so far
+            left, g.mark = g.get("mark"), msg.get("mark")
+            conn.reply({"left": left, "teardowns": len(teardowns)})
         elif t == "sleep":
             import time
             time.sleep(msg.get("seconds", 1))  # cooperative under gevent's monkey-patching

@@ -290,6 +290,22 @@ def test_a_handler_sees_an_app_context_and_never_the_upgrade_request(client):
     assert in_task == [alone] * 3
 
 
+def test_each_message_gets_a_fresh_g_and_the_apps_teardown(client):
+    """The app context stays pushed from one message to the next, but what a handler
+    puts in ``g`` is gone for the next message and teardown functions run after each,
+    alone in a read or in a burst (handler task)."""
+    first = client.request({"type": "g", "mark": "one"})["data"]
+    second = client.request({"type": "g", "mark": "two"})["data"]
+    burst = b"".join(frames.encode_frame(frames.OP_TEXT, orjson.dumps(
+        {"type": "g", "mark": i, "requestId": f"b{i}"}), mask=True) for i in range(3))
+    client.sock.sendall(burst)
+    in_task = [client.receive()["data"] for _ in range(3)]
+    assert first["left"] is None and second["left"] is None
+    assert [r["left"] for r in in_task] == [None, None, None]
+    counts = [first["teardowns"], second["teardowns"]] + [r["teardowns"] for r in in_task]
+    assert counts == list(range(counts[0], counts[0] + 5))  # one teardown per message
+
+
 def test_each_type_goes_to_its_own_handler_and_the_rest_to_on_message(server):
     """``@ns.on("add")`` answers "add"; a type without a handler reaches ``on_message``."""
     with WSTestClient(server.ws_url("/api/1/ws/typed")) as c:
