@@ -127,13 +127,16 @@ def table(collapsed_text: str, cpu_pct: float, rate: float, unit: str) -> List[s
     """The budget as markdown: category, % of samples, µs per ``unit``.
 
     :param cpu_pct: the worker's user + system CPU over the profile window, in %.
-    :param rate: messages (``unit``) per second over the case.
+    :param rate: messages (``unit``) per second over the case. Without it or the CPU
+        the µs column says n/a.
     """
     total, counts = shares(collapsed_text)
-    per_msg = 1e6 * cpu_pct / 100.0 / rate if rate else 0.0  # µs of CPU per message
+    per_msg = 1e6 * cpu_pct / 100.0 / rate if rate and cpu_pct else None  # µs of CPU
     out = [f"| category | % of samples | µs per {unit} |", "|---|---|---|"]
     for name in CATEGORIES:
         share = counts[name] / total if total else 0.0
-        out.append(f"| {name} | {100 * share:.1f} | {share * per_msg:.2f} |")
-    out.append(f"| **total** | 100.0 | {per_msg:.2f} |")
+        us = f"{share * per_msg:.2f}" if per_msg is not None else "n/a"
+        out.append(f"| {name} | {100 * share:.1f} | {us} |")
+    out.append(f"| **total** | 100.0 | {per_msg:.2f} |" if per_msg is not None
+               else "| **total** | 100.0 | n/a |")
     return out
