@@ -155,8 +155,9 @@ def _guess_meta(raw: Path, res: dict) -> dict:
     """case, peer, native, command and timestamp of a profile whose .json has none (written
     by spy.py before it recorded them): from the file name ``<peer>-<case>[-native]``."""
     stem, native = raw.stem, raw.stem.endswith("-native")
-    peer = next((p for p in runner.PEERS if stem.startswith(p + "-")), "jpulse")
-    case = stem[len(peer) + 1:].removesuffix("-native")
+    peer = next((p for p in runner.PEERS if stem.startswith(p + "-")), None)
+    case = (stem[len(peer) + 1:] if peer else stem).removesuffix("-native")
+    peer = peer or "jpulse"
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(raw.stat().st_mtime))
     return {"case": case, "peer": peer, "native": native, "command": _command(case, peer, native),
             "timestamp": when, **res}
@@ -196,7 +197,7 @@ def report(raw: Path, res: dict, top: int) -> str:
     label = runner.PEERS.get(res["peer"], {}).get("label", res["peer"])
     title = f"py-spy profile: {label}, {res['case']}" + (" (--native)" if res["native"] else "")
     window, hz = res.get("window_s") or res.get("profile_window_s"), res.get("sample_rate_hz")
-    how = (f"{window:.0f} s" if window else "?") + (f" at {hz} Hz" if hz else "")
+    how = (f"{window:.0f} s" if window else "a window") + (f" at {hz} Hz" if hz else "")
     pid = res.get("worker_pid")
     lines = [f"# {title}", "",
              f"`{res['command']}`; {res['timestamp']}, {how} on the worker"
