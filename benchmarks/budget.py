@@ -52,7 +52,13 @@ _REPLY_FUNCS = {"encode_reply", "encode_success", "encode_error", "encode_framew
                 "wire_ctx", "encode_frame", "text_frame", "reply", "reply_error",
                 "send_raw_json", "send"}
 _HANDOFF_FUNCS = {"enqueue", "_handle_inbox", "wait_handlers", "run_handler",
-                  "begin_message", "spawn", "spawn_later", "call_soon"}
+                  "begin_message", "spawn", "spawn_later", "call_soon",
+                  # handlers run inline (0.2): the watch for one that blocks, the
+                  # stand-in reader's start and the reader serving its inbox
+                  "_handle_inline", "_serve_stand_in", "blocked", "watch_blocking",
+                  "_tell_blocked", "end_handlers"}
+#: The app context a handler runs in, and the context variables it is kept in.
+_APP_CTX_FUNCS = {"_call_in_app_context", "_run_apart"}
 _STATS_FUNCS = {"record_sent", "count_sent", "drop"}
 
 #: (category, rule), tried in this order at each frame (innermost first). The order
@@ -63,7 +69,7 @@ RULES: List[Tuple[str, Rule]] = [
     # and the reader's loop around it (Connection.run)
     ("socket read", lambda f, p: (_gevent(p, "_socketcommon") and _last(f).startswith("recv"))
      or (_concurrency(p) and ("receiver" in f or _last(f) == "recv"))
-     or (_connection(p) and _last(f) == "run")
+     or (_connection(p) and _last(f) in ("run", "_read", "_read_for_blocked_handler"))
      or (not p.endswith(".py") and "recv" in f)),
     # the frame parser, and the reader's loop over what it decoded
     ("frame decode", lambda f, p: (_frames(p) and ("Decoder" in f or _last(f) in (
@@ -82,7 +88,9 @@ RULES: List[Tuple[str, Rule]] = [
         (_connection(p) or _pipeline(p) or _concurrency(p)) and _last(f) in _HANDOFF_FUNCS)
      or _gevent(p, "event", "timeout", "greenlet", "lock", "_semaphore", "_abstract_linkable")),
     ("handler dispatch: app context", lambda f, p: bool(_FLASK_CTX.search(p))
-     or (p.endswith("flask/app.py") and "app_context" in f)),
+     or (p.endswith("flask/app.py") and ("app_context" in f or "appcontext" in f))
+     or ((_pipeline(p) or _connection(p)) and _last(f) in _APP_CTX_FUNCS)
+     or p.endswith("blinker/base.py")),
     ("app handler", lambda f, p: bool(_APP.search(p))),
     ("reply encode", lambda f, p: (_envelope(p) or _frames(p) or _connection(p))
      and _last(f) in _REPLY_FUNCS),
