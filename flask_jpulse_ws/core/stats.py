@@ -24,19 +24,36 @@ def iso(ts: float) -> str:
 class RateCounter:
     """Events in the last minute (per-second slots) and last hour (per-minute slots).
 
-    120 integers per namespace, whatever the traffic.
+    120 integers per namespace, whatever the traffic. Events of the current second are
+    a plain count, put in their slots when the second changes or the rates are read:
+    most events cost an ``int()``, a comparison and an addition.
     """
 
-    __slots__ = ("_sec", "_sec_at", "_min", "_min_at")
+    __slots__ = ("_sec", "_sec_at", "_min", "_min_at", "_second", "_pending")
 
     def __init__(self) -> None:
         self._sec = [0] * 60
         self._sec_at = [-1] * 60
         self._min = [0] * 60
         self._min_at = [-1] * 60
+        self._second = -1  # the second the pending events belong to
+        self._pending = 0
 
     def add(self, now: float, n: int = 1) -> None:
         s = int(now)
+        if s == self._second:
+            self._pending += n
+            return
+        self._settle()
+        self._second = s
+        self._pending = n
+
+    def _settle(self) -> None:
+        """Put the pending events in the slots of their second and minute."""
+        n, self._pending = self._pending, 0
+        if not n:
+            return
+        s = self._second
         i = s % 60
         if self._sec_at[i] != s:
             self._sec_at[i] = s
@@ -50,15 +67,18 @@ class RateCounter:
         self._min[j] += n
 
     def last_minute(self, now: float) -> int:
+        self._settle()
         s = int(now)
         return sum(c for c, at in zip(self._sec, self._sec_at) if s - 60 < at <= s)
 
     def last_hour(self, now: float) -> int:
+        self._settle()
         m = int(now) // 60
         return sum(c for c, at in zip(self._min, self._min_at) if m - 60 < at <= m)
 
     def per_second(self, now: float, seconds: int = 60) -> List[int]:
         """Counts of the last ``seconds`` seconds, oldest first (for sparklines)."""
+        self._settle()
         s = int(now)
         out = []
         for t in range(s - seconds + 1, s + 1):

@@ -260,6 +260,11 @@ class Connection:
         waiter.set(result)
         return True
 
+    @property
+    def awaits_answers(self) -> bool:
+        """Whether a server request (:meth:`request`) waits for this client's answer."""
+        return bool(self._pending)
+
     def begin_message(self, message: Dict[str, Any], request_id: Optional[str]) -> None:
         self.message = message
         self._request_id = request_id

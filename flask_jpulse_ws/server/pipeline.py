@@ -35,7 +35,7 @@ def handle_message(conn: Connection, payload: bytes) -> None:
         _reject(conn, exc.reason, exc.message, exc.code, exc.details, None, payload)
         return
     rid = envelope.request_id_of(message)
-    if rid is not None and conn.resolve_request(rid, message):
+    if rid is not None and conn.awaits_answers and conn.resolve_request(rid, message):
         ns.stats.message(time.time())  # a client's answer to ``request()``
         return
     try:

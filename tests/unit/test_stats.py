@@ -81,3 +81,18 @@ def test_app_counters_count_drops_by_reason_and_closes_by_code():
     c.closed(1000)
     assert c.dropped == 2 and c.dropped_by["oversize"] == 1 and c.dropped_by["rateLimit"] == 0
     assert c.closes == {1000: 2, 1006: 1}
+
+
+def test_rate_counter_counts_events_of_the_current_second_before_it_ends():
+    """Events of the current second wait as a plain count; every read includes them,
+    and reading twice changes nothing."""
+    rate = RateCounter()
+    for t in (100.2, 100.2, 100.2, 100.9, 100.9):
+        rate.add(t)
+    rate.add(101.5)
+    assert rate.per_second(101.9, 3) == [0, 5, 1]
+    assert rate.per_second(101.9, 3) == [0, 5, 1]
+    assert rate.last_minute(101.9) == 6 and rate.last_hour(101.9) == 6
+    rate.add(101.7, 4)
+    rate.add(160.0)  # a minute on: the second 100 has left the last minute
+    assert rate.last_minute(160.0) == 6 and rate.last_hour(160.0) == 11
