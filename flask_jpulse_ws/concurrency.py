@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Set
 
 __all__ = ["using_gevent", "spawn", "spawn_later", "every", "sleep", "Event", "Lock",
            "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon", "is_tls",
-           "WriteStarted", "watch_blocking", "unwatch_blocking"]
+           "WriteStarted", "watch_blocking", "unwatch_blocking", "idle_receiver"]
 
 _gevent: Optional[bool] = None
 _gevent_module: Any = None
@@ -174,6 +174,37 @@ def _tell_blocked() -> None:
             owner.blocked()
         except Exception:  # one owner's bug must not stop the others
             logging.getLogger("flask_jpulse_ws").exception("%r.blocked() failed", owner)
+
+
+def idle_receiver(sock: Any, size: int, idle: float) -> Callable[[], Optional[bytes]]:
+    """Like :func:`receiver`, but ``recv()`` returns None when ``idle`` seconds pass with
+    nothing to read (gevent, plain TCP; under threads or TLS it never does). For a task
+    that should end once it is no longer needed rather than wait for the next message."""
+    wait = getattr(sock, "_wait", None)
+    event = getattr(sock, "_read_event", None)
+    raw = getattr(sock, "_sock", None)
+    if is_tls(sock) or not using_gevent() or wait is None or event is None or raw is None:
+        return receiver(sock, size)
+    raw_recv = raw.recv
+    timeout_class = _gevent_lib().Timeout
+
+    def recv() -> Optional[bytes]:
+        while True:
+            timer = timeout_class.start_new(idle)
+            try:
+                wait(event)  # the socket's own watcher: closing the socket still wakes it
+            except timeout_class as exc:
+                if exc is not timer:
+                    raise
+                return None
+            finally:
+                timer.close()
+            try:
+                return raw_recv(size)
+            except (BlockingIOError, InterruptedError):
+                continue
+
+    return recv
 
 
 def call_soon(fn: Callable[[], Any]) -> None:

@@ -137,7 +137,7 @@ class Connection:
         self._can_inline = concurrency.using_gevent()
         self._inline_ok = False
         self._stand_in: Any = None
-        self._recv: Callable[[], bytes] = _no_recv
+        self._recv: Callable[[], Optional[bytes]] = _no_recv
         self._run_handler: Any = None
         self._handler_vars: Optional[contextvars.Context] = None
         #: The Flask app context the handlers run in (pipeline), pushed in _handler_vars.
@@ -377,10 +377,15 @@ class Connection:
     def _read(self, stand_in: bool) -> bool:
         """Read and act on what arrives. False once the connection is over; True when a
         stand-in hands reading back to the connection's own task (:meth:`blocked`)."""
-        recv = self._recv
+        recv = (concurrency.idle_receiver(self.sock, _RECV_BYTES, _HANDLER_LINGER)
+                if stand_in else self._recv)
         try:
             while True:
                 data = recv()
+                if data is None:  # the stand-in read nothing for a while
+                    if self._handler is _LINGERING and not self._inbox:
+                        return True  # and the handler is free: no task stays for it
+                    continue
                 if not data or not self._process(data, inline=not stand_in):
                     return False
                 if stand_in:

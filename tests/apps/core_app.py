@@ -232,6 +232,17 @@ def create_app():
     def http_stats():
         return jsonify(ws.get_stats())
 
+    @app.get("/_test/stand-ins")
+    def http_stand_ins():
+        """Stand-in readers alive (tasks that read for a connection whose handler waits)."""
+        import gc
+
+        import gevent
+        alive = [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet)
+                 and not g.dead and getattr(getattr(g, "_run", None), "__name__", "") ==
+                 "_read_for_blocked_handler"]
+        return jsonify({"alive": len(alive)})
+
     @app.get("/_test/namespace")
     def http_namespace():
         ns = ws.get_namespace(request.args["path"])

@@ -277,6 +277,21 @@ def test_handlers_that_wait_and_handlers_that_do_not_run_in_order(client):
     assert client.request({"type": "echo", "i": "after"})["data"]["i"] == "after"
 
 
+def test_a_stand_in_reader_ends_when_its_connection_goes_quiet(server, client):
+    """A handler that waited got a stand-in reader; once the handler is done and nothing
+    arrives for 2 s, the stand-in hands reading back and ends: a quiet connection keeps no
+    task for it (the handler task's 2 s linger, as before)."""
+    import time
+    http = server.http()
+    assert client.request({"type": "sleep", "seconds": 0.2})["data"] == {"slept": True}
+    assert http.get("/_test/stand-ins")["alive"] == 1  # reading for the waiting handler
+    deadline = time.monotonic() + 5
+    while http.get("/_test/stand-ins")["alive"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert http.get("/_test/stand-ins")["alive"] == 0
+    assert client.request({"type": "echo", "n": 1})["data"]["n"] == 1  # read by its own task
+
+
 def test_a_handler_sees_an_app_context_and_never_the_upgrade_request(client):
     """Alone in a read the handler runs in the reader, whose context holds the upgrade
     request; in a burst it runs in a handler task. Both see the same: an app context of
