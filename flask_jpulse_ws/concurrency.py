@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Set
 
 __all__ = ["using_gevent", "spawn", "spawn_later", "every", "sleep", "Event", "Lock",
            "nonblocking_sender", "receiver", "AsyncResult", "monotonic", "call_soon", "is_tls",
-           "WriteStarted", "watch_blocking", "unwatch_blocking", "idle_receiver"]
+           "WriteStarted", "watch_blocking", "unwatch_blocking"]
 
 _gevent: Optional[bool] = None
 _gevent_module: Any = None
@@ -107,7 +107,8 @@ def _is_gevent_tls(sock: Any) -> bool:
     return gevent_ssl is not None and isinstance(sock, gevent_ssl.SSLSocket)
 
 
-def receiver(sock: Any, size: int) -> Callable[[], bytes]:
+def receiver(sock: Any, size: int, idle: Optional[float] = None
+             ) -> Callable[[], Optional[bytes]]:
     """``recv()`` for a reader that has just handled what it read.
 
     gevent's ``recv`` tries the socket first and waits only when that fails;
@@ -115,6 +116,10 @@ def receiver(sock: Any, size: int) -> Callable[[], bytes]:
     every message would cost a failed system call. This waits first, then reads.
     Not for TLS: the raw socket carries ciphertext, and decrypted bytes may already
     wait in the TLS layer with nothing left to read on the raw socket.
+
+    :param idle: ``recv()`` returns None once this many seconds pass with nothing to
+        read (gevent, plain TCP; under threads or TLS it never does): for a task that
+        should end once it is no longer needed rather than wait for the next message.
     """
     wait = getattr(sock, "_wait", None)
     event = getattr(sock, "_read_event", None)
@@ -122,16 +127,35 @@ def receiver(sock: Any, size: int) -> Callable[[], bytes]:
     if is_tls(sock) or not using_gevent() or wait is None or event is None or raw is None:
         return lambda: sock.recv(size)
     raw_recv = raw.recv
+    if idle is None:
+        def recv() -> Optional[bytes]:
+            while True:
+                wait(event)
+                try:
+                    return raw_recv(size)
+                except (BlockingIOError, InterruptedError):
+                    continue  # woken without data: wait again
 
-    def recv() -> bytes:
+        return recv
+    timeout_class = _gevent_lib().Timeout
+
+    def recv_or_idle() -> Optional[bytes]:
         while True:
-            wait(event)
+            timer = timeout_class.start_new(idle)
+            try:
+                wait(event)  # the socket's own watcher: closing the socket still wakes it
+            except timeout_class as exc:
+                if exc is not timer:
+                    raise
+                return None
+            finally:
+                timer.close()
             try:
                 return raw_recv(size)
             except (BlockingIOError, InterruptedError):
-                continue  # woken without data: wait again
+                continue
 
-    return recv
+    return recv_or_idle
 
 
 #: Owners of work that runs in the current greenlet in place of a task of its own: see
@@ -174,37 +198,6 @@ def _tell_blocked() -> None:
             owner.blocked()
         except Exception:  # one owner's bug must not stop the others
             logging.getLogger("flask_jpulse_ws").exception("%r.blocked() failed", owner)
-
-
-def idle_receiver(sock: Any, size: int, idle: float) -> Callable[[], Optional[bytes]]:
-    """Like :func:`receiver`, but ``recv()`` returns None when ``idle`` seconds pass with
-    nothing to read (gevent, plain TCP; under threads or TLS it never does). For a task
-    that should end once it is no longer needed rather than wait for the next message."""
-    wait = getattr(sock, "_wait", None)
-    event = getattr(sock, "_read_event", None)
-    raw = getattr(sock, "_sock", None)
-    if is_tls(sock) or not using_gevent() or wait is None or event is None or raw is None:
-        return receiver(sock, size)
-    raw_recv = raw.recv
-    timeout_class = _gevent_lib().Timeout
-
-    def recv() -> Optional[bytes]:
-        while True:
-            timer = timeout_class.start_new(idle)
-            try:
-                wait(event)  # the socket's own watcher: closing the socket still wakes it
-            except timeout_class as exc:
-                if exc is not timer:
-                    raise
-                return None
-            finally:
-                timer.close()
-            try:
-                return raw_recv(size)
-            except (BlockingIOError, InterruptedError):
-                continue
-
-    return recv
 
 
 def call_soon(fn: Callable[[], Any]) -> None:

@@ -377,7 +377,7 @@ class Connection:
     def _read(self, stand_in: bool) -> bool:
         """Read and act on what arrives. False once the connection is over; True when a
         stand-in hands reading back to the connection's own task (:meth:`blocked`)."""
-        recv = (concurrency.idle_receiver(self.sock, _RECV_BYTES, _HANDLER_LINGER)
+        recv = (concurrency.receiver(self.sock, _RECV_BYTES, idle=_HANDLER_LINGER)
                 if stand_in else self._recv)
         try:
             while True:

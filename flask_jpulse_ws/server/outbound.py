@@ -48,9 +48,7 @@ class _Flusher:
 
     def add(self, out: Outbound) -> None:
         self._dirty.append(out)
-        if not self._scheduled:
-            self._scheduled = True
-            concurrency.call_soon(self.flush)
+        self.end_turn_later()
 
     def end_turn_later(self) -> None:
         """Make sure ``turn`` advances once the running greenlet yields."""
