@@ -31,6 +31,9 @@ setup(
         # hiredis: the relay's subscriber parses every message a read brings in C
         # (cluster/subscriber.py); redis-py's own pub/sub path cost 140-190 us a message.
         "hiredis>=2.0",
+        # websockets: only its C mask (websockets.speedups.apply_mask) for the frames
+        # clients send, 6x faster than our Python XOR on a short frame, 80x on 64 KiB.
+        "websockets>=10.0",
     ],
     extras_require={
         # gunicorn's gevent worker needs "packaging", which only this extra installs.

@@ -110,8 +110,8 @@ def _call_in_app_context(conn: Connection, handler: Callable[[Connection], Any])
     if app_ctx is None:
         app_ctx = conn.handler_app_ctx = app.app_context()
         app_ctx.push()
-    else:
-        app_ctx.g = app.app_ctx_globals_class()
+    elif getattr(app_ctx.g, "__dict__", True):  # the last handler set something in g
+        app_ctx.g = app.app_ctx_globals_class()  # (an empty one is kept: 0.2 us less)
     error: Optional[BaseException] = None
     try:
         handler(conn)

@@ -31,6 +31,19 @@ def test_masked_frames_round_trip_at_every_length_boundary(size):
     assert decoder.feed(client_frame(frames.OP_BINARY, payload)) == [(frames.OP_BINARY, payload)]
 
 
+@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 125, 4097])
+def test_the_python_mask_and_the_compiled_one_agree(size):
+    """The pure-Python XOR is what runs where websockets' C helper is missing."""
+    payload = bytes((i * 7 + 3) % 256 for i in range(size))
+    key = b"\x01\x80\xfe\x37"
+    masked = frames._mask_in_python(payload, key)
+    assert len(masked) == size
+    assert frames._mask(payload, key) == masked
+    assert frames._mask_in_python(masked, key) == payload
+    if size >= 4:
+        assert masked[:4] == bytes(a ^ b for a, b in zip(payload[:4], key))
+
+
 def test_bytes_arriving_one_at_a_time_make_the_same_message():
     decoder = FrameDecoder(1024)
     data = client_frame(frames.OP_TEXT, b'{"type":"x"}')
