@@ -119,7 +119,7 @@ try:
     # for 64 KiB (measured here); every frame a client sends is masked.
     from websockets.speedups import apply_mask as _mask
 except ImportError:  # pragma: no cover - a platform without its compiled wheel
-    _mask = _mask_in_python
+    _mask = _mask_in_python  # type: ignore[assignment]  # narrower argument types
 
 
 def encode_frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = False) -> bytes:
