@@ -9,6 +9,7 @@ import os
 
 from _env import add_cut_route, settings_from_env
 from flask import Flask, g, has_app_context, has_request_context, jsonify, request, session
+from flask.globals import app_ctx as flask_app_ctx
 from flask_login import LoginManager, UserMixin, login_user, logout_user
 
 from flask_jpulse_ws import Context, JPulseWS, WSError
@@ -56,10 +57,15 @@ def create_app():
         return User(user_id)
 
     teardowns = []
+    # The handlers' app context of each echo client, and the teardowns each context saw
+    # (one per message, one more when it is popped), as on_disconnect found them.
+    handler_ctx_of, teardowns_by_ctx, teardowns_at_disconnect = {}, {}, {}
 
     @app.teardown_appcontext
     def count_teardown(exc):
         teardowns.append(exc)
+        ctx_id = id(flask_app_ctx._get_current_object())
+        teardowns_by_ctx[ctx_id] = teardowns_by_ctx.get(ctx_id, 0) + 1
 
     ws = JPulseWS(app)
     echo = ws.namespace("/api/1/ws/echo")
@@ -127,12 +133,23 @@ def create_app():
             conn.reply({"request": has_request_context(),
                         "app": has_app_context()})
         elif t == "g":  # what an earlier message left in g, and the teardowns so far
+            handler_ctx_of[conn.client_id] = flask_app_ctx._get_current_object()
             left, g.mark = g.get("mark"), msg.get("mark")
             conn.reply({"left": left, "teardowns": len(teardowns)})
         elif t == "sleep":
             import time
             time.sleep(msg.get("seconds", 1))  # cooperative under gevent's monkey-patching
             conn.reply({"slept": True})
+
+    @echo.on_disconnect
+    def echo_left(conn):
+        handler_ctx = handler_ctx_of.pop(conn.client_id, None)
+        if handler_ctx is not None:
+            teardowns_at_disconnect[conn.client_id] = teardowns_by_ctx.get(id(handler_ctx), 0)
+
+    @app.get("/_test/teardowns-at-disconnect/<client_id>")
+    def http_teardowns_at_disconnect(client_id):
+        return jsonify({"teardowns": teardowns_at_disconnect.get(client_id)})
 
     @secure.on_message
     def on_secure(conn):

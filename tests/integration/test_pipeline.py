@@ -321,6 +321,21 @@ def test_each_message_gets_a_fresh_g_and_the_apps_teardown(client):
     assert counts == list(range(counts[0], counts[0] + 5))  # one teardown per message
 
 
+def test_the_handlers_app_context_is_popped_before_on_disconnect(server):
+    """The context pushed by a connection's first message is popped when the connection
+    ends, before ``on_disconnect``: its teardown functions run once more then (and it is
+    freed at once rather than left to the garbage collector)."""
+    with WSTestClient(server.ws_url("/api/1/ws/echo")) as c:
+        client_id = c.receive(type="connected")["data"]["data"]["clientId"]
+        c.request({"type": "g", "mark": 1})
+        c.request({"type": "g", "mark": 2})
+    http, deadline, seen = server.http(), time.monotonic() + 5, None
+    while seen is None and time.monotonic() < deadline:
+        seen = http.get(f"/_test/teardowns-at-disconnect/{client_id}")["teardowns"]
+        time.sleep(0.05)
+    assert seen == 3  # one per message, one for the pop, all before on_disconnect
+
+
 def test_each_type_goes_to_its_own_handler_and_the_rest_to_on_message(server):
     """``@ns.on("add")`` answers "add"; a type without a handler reaches ``on_message``."""
     with WSTestClient(server.ws_url("/api/1/ws/typed")) as c:
