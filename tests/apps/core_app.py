@@ -57,15 +57,17 @@ def create_app():
         return User(user_id)
 
     teardowns = []
-    # The handlers' app context of each echo client, and the teardowns each context saw
-    # (one per message, one more when it is popped), as on_disconnect found them.
+    # The handlers' app context of each echo client that sent "g", and the teardowns each
+    # such context saw (one per message, one more when it is popped), as on_disconnect
+    # found them. Only contexts held here are counted: ids of freed ones are reused.
     handler_ctx_of, teardowns_by_ctx, teardowns_at_disconnect = {}, {}, {}
 
     @app.teardown_appcontext
     def count_teardown(exc):
         teardowns.append(exc)
-        ctx_id = id(flask_app_ctx._get_current_object())
-        teardowns_by_ctx[ctx_id] = teardowns_by_ctx.get(ctx_id, 0) + 1
+        current = flask_app_ctx._get_current_object()
+        if any(held is current for held in handler_ctx_of.values()):
+            teardowns_by_ctx[id(current)] = teardowns_by_ctx.get(id(current), 0) + 1
 
     ws = JPulseWS(app)
     echo = ws.namespace("/api/1/ws/echo")
@@ -145,7 +147,7 @@ def create_app():
     def echo_left(conn):
         handler_ctx = handler_ctx_of.pop(conn.client_id, None)
         if handler_ctx is not None:
-            teardowns_at_disconnect[conn.client_id] = teardowns_by_ctx.get(id(handler_ctx), 0)
+            teardowns_at_disconnect[conn.client_id] = teardowns_by_ctx.pop(id(handler_ctx), 0)
 
     @app.get("/_test/teardowns-at-disconnect/<client_id>")
     def http_teardowns_at_disconnect(client_id):
