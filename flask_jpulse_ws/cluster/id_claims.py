@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 from .. import concurrency
 from ..errors import CloseCode
 from .keys import client_id_key
-from .redis_link import LinkError, RedisLink
+from .redis_link import LinkError, RedisLink, record_eval
 
 __all__ = ["IdClaims", "CLAIM_TTL", "CLAIM_REFRESH", "CLAIM_WAIT"]
 
@@ -182,8 +182,8 @@ class IdClaims:
         for conn in conns:
             digest, nonce = self.digest(conn.identity), secrets.token_hex(4)
             values.append(f"{digest}:{nonce}")
-            self._claim(keys=[self._key_of(conn.namespace.path, conn.client_id)],
-                        args=[digest, nonce, int(CLAIM_TTL * 1000)], client=pipe)
+            record_eval(pipe, self._claim, [self._key_of(conn.namespace.path, conn.client_id)],
+                        [digest, nonce, int(CLAIM_TTL * 1000)])
         try:
             results = self.link.run(pipe)
         except LinkError as exc:
@@ -218,7 +218,7 @@ class IdClaims:
 
     def _post_release(self, path: str, client_id: str, value: str) -> None:
         pipe = self.link.pipeline()
-        self._release(keys=[self._key_of(path, client_id)], args=[value], client=pipe)
+        record_eval(pipe, self._release, [self._key_of(path, client_id)], [value])
         self.link.post(pipe)
 
     def recovered(self) -> None:
@@ -243,8 +243,9 @@ class IdClaims:
             part = due[start:start + MAX_PER_CYCLE]
             pipe = self.link.pipeline()
             for conn in part:
-                self._refresh(keys=[self._key_of(conn.namespace.path, conn.client_id)],
-                              args=[str(conn.id_claim), int(CLAIM_TTL * 1000)], client=pipe)
+                record_eval(pipe, self._refresh,
+                            [self._key_of(conn.namespace.path, conn.client_id)],
+                            [str(conn.id_claim), int(CLAIM_TTL * 1000)])
             try:
                 results = self.link.run(pipe)
             except LinkError as exc:  # due again at their next ping
