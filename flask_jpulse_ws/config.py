@@ -89,6 +89,11 @@ PRESENCE_TTL = 30.0
 #: Seconds between presence event frames of one namespace: 1,000 joins in a burst are
 #: a few frames per client, not 1,000.
 PRESENCE_BATCH = 0.5
+#: Young-generation threshold of Python's cycle collector, set when the process first
+#: serves a WebSocket if CPython's default is still in place (0: leave the collector
+#: alone). Each connection keeps about 85 tracked objects; at CPython's 700 a reconnect
+#: storm spends seconds per worker in full collections (docs/performance.md).
+GC_THRESHOLD = 10000
 #: URL of the Prometheus metrics (``/metrics``, say); ``None`` serves none: figures
 #: about the server are nobody's business until someone asks for them.
 METRICS_URL: Optional[str] = None
@@ -136,6 +141,7 @@ class Settings:
     debug_errors: bool = DEBUG_ERRORS
     presence_ttl: float = PRESENCE_TTL
     presence_batch: float = PRESENCE_BATCH
+    gc_threshold: int = GC_THRESHOLD
     metrics_url: Optional[str] = METRICS_URL
     metrics_allowed_ips: Tuple[str, ...] = tuple(METRICS_ALLOWED_IPS)
 
@@ -181,6 +187,9 @@ def load(config: Mapping[str, Any]) -> Settings:
         except ValueError:
             raise ValueError(f"JPULSE_WS_METRICS_ALLOWED_IPS: {entry!r} is neither an IP "
                              f"address nor a network (10.0.0.0/8)") from None
+    if settings.gc_threshold < 0:
+        raise ValueError(f"JPULSE_WS_GC_THRESHOLD must be 0 (leave the collector alone) or "
+                         f"positive, got {settings.gc_threshold!r}")
     if settings.handshake_rate < 0:
         raise ValueError(f"JPULSE_WS_HANDSHAKE_RATE must be 0 (off) or positive, "
                          f"got {settings.handshake_rate!r}")

@@ -20,7 +20,7 @@ from ..config import Settings
 from ..context import Context
 from ..core import resume
 from ..core.stats import ActivityLog, AppCounters, iso
-from . import auth, shutdown
+from . import auth, gc_tuning, shutdown
 from .admission import Admission
 from .fanout import Fanout
 from .health import HealthScheduler
@@ -88,6 +88,7 @@ class AppState:
         """Start the health scheduler and the relay listener on first use."""
         if not self._started:
             self._started = True
+            gc_tuning.tune_collector(self.settings.gc_threshold)
             self.health.start()
             self.backend.start()
             shutdown.install(self.registry)

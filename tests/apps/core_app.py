@@ -5,6 +5,7 @@ test module can start a server tuned for what it checks. Test-only HTTP routes
 under /_test/ expose server-side calls (broadcast, stats, logout...).
 """
 
+import gc
 import os
 
 from _env import add_cut_route, settings_from_env
@@ -250,6 +251,10 @@ def create_app():
     @app.get("/_test/stats")
     def http_stats():
         return jsonify(ws.get_stats())
+
+    @app.get("/_test/gc-threshold")
+    def http_gc_threshold():
+        return jsonify(threshold=gc.get_threshold())
 
     @app.get("/_test/stand-ins")
     def http_stand_ins():

@@ -66,3 +66,22 @@ def test_preload_gives_each_worker_its_own_host_id_and_every_broadcast_arrives(r
         for ws in clients:
             ws.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("setting, expected", [(None, 10000), (0, 700)])
+def test_a_worker_raises_the_collectors_young_threshold_when_it_first_holds_a_socket(
+        setting, expected):
+    """A gevent worker starts with CPython's thresholds (700, 10, 10) and raises the young
+    one to JPULSE_WS_GC_THRESHOLD (10,000 by default) at its first WebSocket, so that the
+    sockets it holds do not cost a full collection for every quarter the heap grows;
+    0 leaves the collector alone."""
+    settings = {} if setting is None else {"JPULSE_WS_GC_THRESHOLD": setting}
+    srv = GunicornServer(settings=settings).start()
+    try:
+        assert srv.http().get("/_test/gc-threshold")["threshold"] == [700, 10, 10]
+        ws = WSTestClient(srv.ws_url("/api/1/ws/echo"))
+        ws.receive(type="connected")
+        assert srv.http().get("/_test/gc-threshold")["threshold"] == [expected, 10, 10]
+        ws.close()
+    finally:
+        srv.stop()
