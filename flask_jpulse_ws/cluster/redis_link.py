@@ -28,6 +28,7 @@ command another greenlet is in the middle of.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence
@@ -136,6 +137,8 @@ class RedisLink(OneCall):
         self._flusher: Any = None
         self._stopped = False
         self._loaded: set = set()  # shas of the scripts loaded on the current connection
+        self._conn: Any = None  # the flusher's connection (see _connection)
+        self._conn_pid = 0
         self.calls = 0
         self.batches = 0
         self.largest_batch = 0
@@ -289,25 +292,37 @@ class RedisLink(OneCall):
             self._queue.extendleft(reversed(retry))  # first again, in their order
 
     def _execute(self, batch: List[_Call]) -> List[Any]:
-        """One pipeline: the scripts this connection has not loaded yet first (so that a
-        call never fails with NOSCRIPT and goes again after the calls behind it), then
-        every call's commands; returns the calls' results."""
-        pipe = self._client.pipeline(transaction=False)
+        """One round trip: the scripts this connection has not loaded yet first (so that
+        a call never fails with NOSCRIPT and goes again after the calls behind it), then
+        every call's commands; returns the calls' results (an error reply as its
+        ``ResponseError``, as ``pipeline.execute(raise_on_error=False)`` gives it)."""
         loading = {s.sha: s.script for call in batch for s in call.scripts
                    if s.sha not in self._loaded}
-        for source in loading.values():
-            pipe.execute_command("SCRIPT", "LOAD", source)
+        commands: List[Any] = [(("SCRIPT", "LOAD", source), {}) for source in loading.values()]
         for call in batch:
             call.sent = True
-            pipe.command_stack.extend(call.commands)
-        try:
-            # redis-py's execute() would check its scripts with an extra round trip;
-            # the SCRIPT LOADs above do it in the same one.
-            results = pipe.execute(raise_on_error=False)
-        finally:
-            pipe.reset()
+            commands.extend(call.commands)
+        # What redis-py's Pipeline.execute does, on the connection the flusher keeps:
+        # without a pool checkout and its readiness poll, the retry wrapper and a new
+        # Pipeline per batch (123 against 55 us of CPU for a batch of one command).
+        conn = self._connection()
+        conn.send_packed_command(conn.pack_commands([args for args, _ in commands]))
+        results: List[Any] = []
+        for args, options in commands:
+            try:
+                results.append(self._client.parse_response(conn, args[0], **options))
+            except redis.ResponseError as exc:
+                results.append(exc)
         self._loaded.update(loading)
         return results[len(loading):]
+
+    def _connection(self) -> Any:
+        """The flusher's own connection, taken from the client's pool once (again in a
+        forked child, and after a failure closed it)."""
+        if self._conn is None or self._conn_pid != os.getpid():
+            self._conn = self._client.connection_pool.get_connection()
+            self._conn_pid = os.getpid()
+        return self._conn
 
     def _connection_failed(self, batch: List[_Call], exc: BaseException) -> None:
         if isinstance(exc, redis.ResponseError) and \
@@ -318,8 +333,12 @@ class RedisLink(OneCall):
         self.failures += 1
         self._loaded.clear()  # a new connection may meet a Redis that restarted empty
         reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        conn, self._conn = self._conn, None
         try:
-            self._client.connection_pool.disconnect()  # only the flusher uses it
+            if conn is not None:  # only the flusher uses it; the pool holds just this one
+                conn.disconnect()
+                self._client.connection_pool.release(conn)
+            self._client.connection_pool.disconnect()
         except Exception:  # noqa: BLE001 - closing a dead socket
             pass
         # What is queued would meet the same dead Redis: fail it now.

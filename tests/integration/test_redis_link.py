@@ -135,7 +135,7 @@ def test_a_socket_closed_under_a_waiting_pipeline_is_link_down_not_a_crash(debug
     downs = []
     link = make_link(debug_redis.url, downs)
     assert link.call("PING") is True
-    conn = link._client.connection_pool._available_connections[0]
+    conn = link._conn  # the one connection the flusher keeps
     outcome = []
 
     def sleeping_call():
