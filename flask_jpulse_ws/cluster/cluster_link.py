@@ -220,6 +220,11 @@ class ClusterLink(OneCall):
         for link in list(self._links.values()):
             link.stop()
 
+    def recheck(self) -> None:
+        """``RedisLink.recheck`` on every master's link."""
+        for link in list(self._links.values()):
+            link.recheck()
+
     @property
     def queued(self) -> int:
         return sum(link.queued for link in self._links.values())

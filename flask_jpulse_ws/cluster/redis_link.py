@@ -59,6 +59,11 @@ CALL_WAIT = 5.0
 MAX_QUEUED = 20000
 #: Commands sent in one pipeline at the most (a call's commands are never split).
 MAX_BATCH = 1000
+#: Seconds the flusher's connection may sit unused before it is checked ahead of the next
+#: batch, as redis-py's pool checks every connection it hands out: Redis may have closed
+#: it meanwhile (its idle timeout, a restart). A busy link skips the check (a poll of the
+#: socket per batch); :meth:`RedisLink.recheck` asks for it at once.
+IDLE_CHECK = 1.0
 
 
 #: What redis-py can send as an argument (it refuses bool and everything else, but only
@@ -139,6 +144,8 @@ class RedisLink(OneCall):
         self._loaded: set = set()  # shas of the scripts loaded on the current connection
         self._conn: Any = None  # the flusher's connection (see _connection)
         self._conn_pid = 0
+        self._conn_used = 0.0  # monotonic time of its last batch
+        self._recheck = False  # check the connection before the next batch
         self.calls = 0
         self.batches = 0
         self.largest_batch = 0
@@ -208,6 +215,13 @@ class RedisLink(OneCall):
         self._fail_queued([], LinkDown("the link is stopped"))
         if self._wake is not None:
             self._wake.set()
+
+    def recheck(self) -> None:
+        """Check the connection before the next batch, however recent its last one: the
+        relay lost its subscription, so Redis may have restarted under this one too
+        (sent on, the next batch would fail and reopen the circuit that the restart is
+        about to close)."""
+        self._recheck = True
 
     @property
     def queued(self) -> int:
@@ -318,11 +332,29 @@ class RedisLink(OneCall):
 
     def _connection(self) -> Any:
         """The flusher's own connection, taken from the client's pool once (again in a
-        forked child, and after a failure closed it)."""
+        forked child, and after a failure closed it); after :data:`IDLE_CHECK` seconds
+        unused, made again if Redis closed it meanwhile."""
+        now = concurrency.monotonic()
         if self._conn is None or self._conn_pid != os.getpid():
             self._conn = self._client.connection_pool.get_connection()
             self._conn_pid = os.getpid()
+        elif (self._recheck or now - self._conn_used > IDLE_CHECK) and \
+                self._closed_by_redis(self._conn):
+            self._loaded.clear()  # perhaps a Redis that restarted empty
+            self._conn.disconnect()
+            self._conn.connect()  # a failure here is an outage, as in any batch
+        self._recheck = False
+        self._conn_used = now
         return self._conn
+
+    @staticmethod
+    def _closed_by_redis(conn: Any) -> bool:
+        """True when an idle connection can be read: end of file, or a reply nobody
+        asked for; either way it cannot carry the next batch."""
+        try:
+            return bool(conn.can_read(timeout=0))
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return True
 
     def _connection_failed(self, batch: List[_Call], exc: BaseException) -> None:
         if isinstance(exc, redis.ResponseError) and \

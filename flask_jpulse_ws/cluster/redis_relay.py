@@ -293,6 +293,7 @@ class RedisRelay:
 
     def _lost(self, reason: str) -> None:
         self._subscribed = False
+        self.link.recheck()  # its connection may have met the same end
         if not self._stopped:
             self._enter_degraded(reason, subscription_lost=True)
         self._first_attempt.set()

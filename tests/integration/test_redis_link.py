@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from servers import RedisServer, wait_for
 
+from flask_jpulse_ws.cluster import redis_link
 from flask_jpulse_ws.cluster.id_claims import IdClaims
 from flask_jpulse_ws.cluster.redis_link import CommandFailed, LinkBusy, LinkDown, RedisLink
 
@@ -124,6 +125,29 @@ def test_redis_gone_is_link_down_reported_once_and_queued_calls_fail_with_it(deb
     restarted = RedisServer(port=port).start()
     try:
         assert link.call("PING") is True
+    finally:
+        restarted.stop()
+
+
+@pytest.mark.parametrize("warned", [False, True], ids=["idle", "recheck"])
+def test_a_restart_the_link_did_not_see_is_not_an_outage(debug_redis, monkeypatch, warned):
+    """Redis restarted while the link sent nothing (the degraded relay sends nothing): the
+    next call gets a new connection instead of failing on the old one and reopening the
+    circuit, whether the link was idle for IDLE_CHECK or the relay's subscriber, which
+    saw the restart, asked for a recheck (a lost subscription does)."""
+    if not warned:
+        monkeypatch.setattr(redis_link, "IDLE_CHECK", 0.0)
+    downs = []
+    link = make_link(debug_redis.url, downs)
+    assert link.call("PING") is True
+    port = debug_redis.port
+    debug_redis.kill()
+    restarted = RedisServer(port=port).start()
+    try:
+        if warned:
+            link.recheck()
+        assert link.call("PING") is True
+        assert downs == [] and link.failures == 0
     finally:
         restarted.stop()
 
