@@ -4,9 +4,10 @@ Why: every open connection keeps about 85 objects the collector tracks (the WSGI
 it arrived on, its reader, writer and context), and CPython runs a full collection over
 all of them each time the tracked heap grows by a quarter. With CPython's default young
 threshold (700) a reconnect storm of 10,000 sockets over 4 gunicorn workers ran 7 full
-collections per worker, 1.0-1.3 s of CPU each and pauses up to 375 ms; with 10,000,
-none, and the handshake p99 fell from 4.6 to 3.5 s (docs/performance.md). Young
-collections stay cheap: they still see each new object once.
+collections per worker, 1.0-1.3 s of CPU in all and pauses up to 375 ms; with 10,000,
+0-1, and the handshake p99 fell from 4.4 to 3.4 s in a development run
+(docs/performance.md). Young collections stay cheap: they still see each new object
+once.
 
 Only CPython's own thresholds are changed: an app that set its own keeps them, and
 ``JPULSE_WS_GC_THRESHOLD = 0`` leaves the collector alone.
