@@ -6,6 +6,8 @@ The runner (benchmarks/run.py) sets these variables before starting gunicorn:
 - ``BENCH_PING_INTERVAL``: seconds between protocol pings (default 120, so that pings
   do not disturb the measurements; every peer gets the same value where it has one).
 - ``BENCH_HISTORY_SIZE``: jpulse only, missed-message history length (unset: off).
+- ``BENCH_GC_THRESHOLD``: jpulse only, ``JPULSE_WS_GC_THRESHOLD`` (unset: the default),
+  for an A/B run by hand.
 """
 
 import os

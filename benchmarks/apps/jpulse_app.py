@@ -30,6 +30,9 @@ app.config.update(
     JPULSE_WS_MAX_CONNECTIONS_PER_IP=10**6,
     JPULSE_WS_HANDSHAKE_RATE=0,  # every load-generator client comes from one address
     JPULSE_WS_REDIS_URL=REDIS_URL,
+    # unset: the package's default (an A/B switch: BENCH_GC_THRESHOLD=0 leaves GC alone)
+    **({"JPULSE_WS_GC_THRESHOLD": int(os.environ["BENCH_GC_THRESHOLD"])}
+       if os.environ.get("BENCH_GC_THRESHOLD") else {}),
 )
 ws = JPulseWS(app)
 
