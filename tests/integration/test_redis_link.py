@@ -20,6 +20,7 @@ from servers import RedisServer, wait_for
 from flask_jpulse_ws.cluster import redis_link
 from flask_jpulse_ws.cluster.id_claims import IdClaims
 from flask_jpulse_ws.cluster.redis_link import CommandFailed, LinkBusy, LinkDown, RedisLink
+from flask_jpulse_ws.cluster.redis_relay import RedisRelay
 
 PATH = "/api/1/ws/storm"
 
@@ -263,3 +264,33 @@ def test_a_full_queue_or_a_stopped_link_refuses_at_once(redis_server):
     stopped.stop()
     with pytest.raises(LinkDown, match="stopped"):
         stopped.call("PING", timeout=30)
+
+
+def test_a_relay_that_lost_its_subscription_recovers_on_the_next_answer(debug_redis,
+                                                                        monkeypatch):
+    """Redis restarted soon after the link's last batch (the idle check is kept out of
+    the way): the lost subscription asks the link for a recheck, so the relay's PING
+    after the resubscribe gets a new connection and the relay recovers at once, instead
+    of failing on the dead socket ("publisher unavailable") and waiting for a probe."""
+    monkeypatch.setattr(redis_link, "IDLE_CHECK", 60.0)
+    relay = RedisRelay(debug_redis.url, "t", "host-1", on_op=lambda op: None,
+                       on_gap=lambda reason: 0, on_late=lambda paths: None,
+                       on_recovered=lambda: None, stats_row=lambda: {})
+    relay.announce = False  # no stats posts: the link is used by this test alone
+    relay.start()
+    try:
+        wait_for(lambda: relay._subscribed and not relay.degraded, timeout=5,
+                 message="relay subscribed")
+        assert relay.publish("broadcast", path=PATH, data={"n": 1}) is not None
+        port = debug_redis.port
+        debug_redis.kill()
+        restarted = RedisServer(port=port).start()
+        try:
+            wait_for(lambda: relay.outages == 1 and not relay.degraded, timeout=5,
+                     message="relay recovered")
+            assert "publisher unavailable" not in relay.last_error, relay.last_error
+            assert relay.link.failures == 0
+        finally:
+            restarted.stop()
+    finally:
+        relay.stop()
