@@ -15,3 +15,4 @@ import os
 REDIS_URL = os.environ.get("BENCH_REDIS_URL") or None
 PING_INTERVAL = float(os.environ.get("BENCH_PING_INTERVAL", "120"))
 HISTORY_SIZE = int(os.environ.get("BENCH_HISTORY_SIZE", "0") or 0)
+GC_THRESHOLD = os.environ.get("BENCH_GC_THRESHOLD") or None  # None: the package's default

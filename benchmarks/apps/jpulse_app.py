@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import HISTORY_SIZE, PING_INTERVAL, REDIS_URL  # noqa: E402
+from _common import GC_THRESHOLD, HISTORY_SIZE, PING_INTERVAL, REDIS_URL  # noqa: E402
 from flask import Flask, jsonify  # noqa: E402
 
 from flask_jpulse_ws import JPulseWS  # noqa: E402
@@ -30,10 +30,9 @@ app.config.update(
     JPULSE_WS_MAX_CONNECTIONS_PER_IP=10**6,
     JPULSE_WS_HANDSHAKE_RATE=0,  # every load-generator client comes from one address
     JPULSE_WS_REDIS_URL=REDIS_URL,
-    # unset: the package's default (an A/B switch: BENCH_GC_THRESHOLD=0 leaves GC alone)
-    **({"JPULSE_WS_GC_THRESHOLD": int(os.environ["BENCH_GC_THRESHOLD"])}
-       if os.environ.get("BENCH_GC_THRESHOLD") else {}),
 )
+if GC_THRESHOLD is not None:  # an A/B run by hand: 0 leaves the collector alone
+    app.config["JPULSE_WS_GC_THRESHOLD"] = int(GC_THRESHOLD)
 ws = JPulseWS(app)
 
 _ns_kwargs = {}
