@@ -1,11 +1,12 @@
 """Benchmark runner: flask-jpulse-ws against Flask-SocketIO, a plain flask-sock loop and an
 asyncio + picows reference.
 
-Starts each peer's app (benchmarks/apps/) as ``gunicorn -k gevent -w 1
---worker-connections 20000`` on a free loopback port (the picows app as a plain asyncio
-process), runs the scenarios against the peers alternately (the peer order rotates every
-repetition), repeats, and writes medians, ratios against Flask-SocketIO and against picows
-from the same run, the targets of issue 6, and each side's CPU to ``benchmarks/results/``:
+Starts each peer's app (benchmarks/apps/) as ``gunicorn -k <worker> -w 1
+--worker-connections 20000`` on a free loopback port (ours on its own worker class, the
+others on ``-k gevent``, see PEERS; the picows app as a plain asyncio process), runs the
+scenarios against the peers alternately (the peer order rotates every repetition),
+repeats, and writes medians, ratios against Flask-SocketIO and against picows from the
+same run, the targets of issue 6, and each side's CPU to ``benchmarks/results/``:
 a JSON file, a markdown table and PNG charts.
 
     python benchmarks/run.py                 # everything, 3 repetitions (~30-40 min)
@@ -44,10 +45,15 @@ sys.path.insert(0, str(HERE))
 
 import loadgen as lg  # noqa: E402
 
+#: Each WSGI peer runs on the gunicorn worker its documentation recommends: ours on its
+#: own (docs/scaling.md: gunicorn's gevent worker, accepting in batches), the others on
+#: ``-k gevent``. ``BENCH_WORKER_CLASS`` runs every WSGI peer on one class instead, for an
+#: A/B by hand (e.g. Flask-SocketIO on ours: ``flask_jpulse_ws.worker.GeventWorker``).
+OUR_WORKER = "flask_jpulse_ws.worker.GeventWorker"
 PEERS = {
-    "jpulse": {"module": "jpulse_app:app", "label": "flask-jpulse-ws"},
-    "socketio": {"module": "socketio_app:app", "label": "Flask-SocketIO"},
-    "flasksock": {"module": "flasksock_app:app", "label": "flask-sock loop"},
+    "jpulse": {"module": "jpulse_app:app", "label": "flask-jpulse-ws", "worker": OUR_WORKER},
+    "socketio": {"module": "socketio_app:app", "label": "Flask-SocketIO", "worker": "gevent"},
+    "flasksock": {"module": "flasksock_app:app", "label": "flask-sock loop", "worker": "gevent"},
     # asyncio, not WSGI: started as a plain script (see Server), one process only
     "picows": {"script": "picows_app.py", "label": "asyncio + picows"},
 }
@@ -245,7 +251,8 @@ class Server:
             cmd = [sys.executable, str(APPS / PEERS[peer]["script"]), "--host", "127.0.0.1",
                    "--port", str(self.port)]
         else:
-            cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-w", str(workers),
+            worker = os.environ.get("BENCH_WORKER_CLASS") or PEERS[peer]["worker"]
+            cmd = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers),
                    "--worker-connections", "20000", "-b", f"127.0.0.1:{self.port}",
                    "--chdir", str(APPS), "--timeout", "600", "--graceful-timeout", "2",
                    "--log-level", "warning", PEERS[peer]["module"]]
@@ -596,6 +603,11 @@ def write_markdown(path: Path, meta: dict, summary: dict, cases: list[Case], pee
                  f"storm-N-wK: K workers sharing one Redis). Ratios are against "
                  f"{PEERS[BASELINE]['label']} and against {PEERS[REFERENCE]['label']} from the "
                  f"same run.")
+    if meta.get("worker_class"):
+        shown = ", ".join(f"{PEERS[p]['label']}: `-k {k}`" for p, k in meta["worker_class"].items())
+        lines.append("")
+        lines.append(f"gunicorn worker class per peer (each as its documentation recommends): "
+                     f"{shown}.")
     idle = meta.get("idle") or {"ping_interval_s": float(IDLE_PING_INTERVAL),
                                 "cpu_window_s": 2.0 if meta["mode"] == "quick" else 6.0}
     if any(c.family == "idle" for c in cases):
@@ -979,6 +991,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": _versions(),
+        "worker_class": {p: os.environ.get("BENCH_WORKER_CLASS") or PEERS[p]["worker"]
+                         for p in peers if "worker" in PEERS[p]},
         "source": _source_state(),
         "loadgen": {"loop": args.loop if lg.uvloop is not None else "asyncio",
                     "client": {p: ("picows" if args.client == "auto" and p in lg.PICOWS_DIALECTS

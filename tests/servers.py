@@ -93,7 +93,8 @@ class GunicornServer:
                  port: Optional[int] = None, chdir: Path = APPS, worker_class: str = "gevent",
                  args: Sequence[str] = ()) -> None:
         self.app = app
-        self.worker_class = worker_class  # "sync" or "gthread": what must be refused
+        # "sync" or "gthread": what must be refused; "flask_jpulse_ws.worker.GeventWorker"
+        self.worker_class = worker_class
         self.args = list(args)  # e.g. ["--preload"]
         self.workers = workers
         self.settings = dict(settings or {})
@@ -123,7 +124,7 @@ class GunicornServer:
         cmd = [str(BIN / "gunicorn"), "-k", self.worker_class, "-w", str(self.workers),
                "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "1", "--timeout", "60",
                "--chdir", str(self.chdir), "--log-level", "info", *self.args, self.app]
-        if self.worker_class == "gevent":
+        if self.worker_class in ("gevent", "flask_jpulse_ws.worker.GeventWorker"):
             cmd[5:5] = ["--worker-connections", "5000"]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,

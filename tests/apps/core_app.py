@@ -7,6 +7,7 @@ under /_test/ expose server-side calls (broadcast, stats, logout...).
 
 import gc
 import os
+import time
 
 from _env import add_cut_route, settings_from_env
 from flask import Flask, g, has_app_context, has_request_context, jsonify, request, session
@@ -255,6 +256,23 @@ def create_app():
     @app.get("/_test/gc-threshold")
     def http_gc_threshold():
         return jsonify(threshold=gc.get_threshold())
+
+    accept_probe = {"active": 0}
+
+    @app.get("/_test/accept-probe")
+    def http_accept_probe():
+        """10 ms of CPU (a loop turn as long as a busy worker's), then 50 ms asleep, then
+        how many of these requests this worker holds. A worker that accepts one connection
+        per loop turn holds a handful; one that accepts a batch holds the whole batch."""
+        accept_probe["active"] += 1
+        try:
+            busy_until = time.perf_counter() + 0.010
+            while time.perf_counter() < busy_until:
+                pass
+            time.sleep(0.050)  # gevent's sleep in a gevent worker
+            return jsonify(pid=os.getpid(), active=accept_probe["active"])
+        finally:
+            accept_probe["active"] -= 1
 
     @app.get("/_test/stand-ins")
     def http_stand_ins():
