@@ -72,13 +72,16 @@ class Connection:
     def __init__(self, sock: Any, namespace: Namespace, client_id: str, ctx: Context,
                  identity: tuple = (), session_token: Optional[str] = None, *,
                  settings: Optional[Settings] = None,
-                 on_drop: Optional[Callable[[str], None]] = None) -> None:
+                 on_drop: Optional[Callable[[str], None]] = None,
+                 upgrade: bytes = b"") -> None:
         """Take over an upgraded socket; nothing is read before :meth:`run`.
 
         :param settings: bounds and timers (queue, frame size, close timeout, pings,
             abuse); the namespace's app settings by default.
         :param on_drop: counts a connection cut for a reason (``"slowConsumer"``,
             ``"oversize"``, ``"invalid"``); ``namespace.drop`` by default.
+        :param upgrade: the HTTP 101 answer not written yet: it goes out first, with the
+            welcome (see ``Outbound``).
         """
         if settings is None:
             settings = namespace.state.settings
@@ -99,7 +102,7 @@ class Connection:
         self.needs_claim = False  # admitted unclaimed (Redis away or slow): claim later
         self.following = False  # counted in its namespace's interest (backend.follow)
         self._out = Outbound(sock, settings.max_queue_bytes, settings.close_timeout,
-                             self._on_drop, f"{client_id} on {namespace.path}")
+                             self._on_drop, f"{client_id} on {namespace.path}", upgrade)
         #: Hand one encoded frame to the socket, never waiting: ``send_frame(frame,
         #: early=False)``, False once the connection takes no more data. The outbound's own
         #: method, so a broadcast to thousands of sockets pays no call in between.
@@ -315,6 +318,10 @@ class Connection:
         """Tell the client its session is over, then close 4401 (logout, re-validation)."""
         self.send_raw_json(envelope.encode_error("Session expired", ErrorCode.SESSION_EXPIRED))
         self.close(CloseCode.UNAUTHORIZED, "Session expired")
+
+    def take_upgrade(self) -> bytes:
+        """The HTTP 101 if it is still unwritten, for a close written by the handshake."""
+        return self._out.take_upgrade()
 
     def terminate(self, code: Optional[int] = CloseCode.SERVER_ERROR, reason: str = "") -> None:
         """Best-effort close frame (none for ``code=None``), then cut the TCP connection."""

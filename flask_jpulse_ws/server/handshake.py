@@ -80,11 +80,12 @@ def serve(state: AppState) -> Any:
     ctx = state.load_context(ip)
     token = auth.session_token()
     state.ensure_started()
-    sock.sendall(frames.handshake_response(key))
-    # From here on the socket speaks WebSocket: nothing may escape to the server, which
-    # would write an HTTP 500 after the 101 (clients read it as a corrupt frame).
+    # The 101 is written with the first frame after admission (the welcome or a close):
+    # one send per handshake instead of two. From here on the socket speaks WebSocket:
+    # nothing may escape to the server, which would write an HTTP 500 instead of the 101
+    # or after it (clients read that as a corrupt frame).
     try:
-        _upgraded(state, environ, sock, ip, ctx, token)
+        _upgraded(state, environ, sock, ip, ctx, token, frames.handshake_response(key))
     except Exception:
         state.counters.server_errors += 1
         log.exception("WebSocket connection to %s failed after the upgrade",
@@ -93,8 +94,8 @@ def serve(state: AppState) -> Any:
 
 
 def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx: Context,
-              token: Optional[str]) -> None:
-    """Admission after the 101, then the connection's life."""
+              token: Optional[str], upgrade: bytes) -> None:
+    """Admission, the 101 (``upgrade``) with the first frame, then the connection's life."""
     counted = False
     try:
         state.admission.admit(ip)
@@ -107,9 +108,9 @@ def _upgraded(state: AppState, environ: Dict[str, Any], sock: Any, ip: str, ctx:
             exc = Rejected(CloseCode.SERVER_ERROR, "Server error")
             log.exception("admission to %s failed", environ.get("PATH_INFO"))
         state.admission.refused(exc.code)
-        _close_rejected(sock, exc.code, exc.reason, state.settings.close_timeout)
+        _close_rejected(sock, exc.code, exc.reason, state.settings.close_timeout, upgrade)
         return
-    conn = Connection(sock, ns, client_id, ctx, identity, token)
+    conn = Connection(sock, ns, client_id, ctx, identity, token, upgrade=upgrade)
     conn.id_claim, conn.id_claimed_at = claim, time.monotonic()
     conn.needs_claim = claim_later
     joined = True
@@ -289,7 +290,7 @@ def _abandon(state: AppState, conn: Connection) -> None:
         state.backend.claims.release(conn)
     state.admission.refused(CloseCode.NOT_FOUND)
     _close_rejected(conn.sock, CloseCode.NOT_FOUND, "Namespace removed",
-                    state.settings.close_timeout)
+                    state.settings.close_timeout, conn.take_upgrade())
 
 
 def _leave(state: AppState, conn: Connection) -> None:
@@ -364,10 +365,12 @@ def _take_socket(environ: Dict[str, Any]) -> Tuple[Any, str]:
     return environ["werkzeug.socket"], "werkzeug"
 
 
-def _close_rejected(sock: Any, code: int, reason: str, timeout: float) -> None:
-    """Close frame, then wait briefly for the peer's close so it reads ours."""
+def _close_rejected(sock: Any, code: int, reason: str, timeout: float,
+                    upgrade: bytes = b"") -> None:
+    """Close frame (after the 101 when it is not written yet), then wait briefly for the
+    peer's close so it reads ours."""
     try:
-        sock.sendall(frames.close_frame(code, reason))
+        sock.sendall(upgrade + frames.close_frame(code, reason))
         sock.settimeout(timeout)
         decoder = frames.FrameDecoder(1024)
         failed = False  # what the peer sent broke the codec's rules: skim for its close

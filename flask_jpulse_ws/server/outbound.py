@@ -91,10 +91,14 @@ class Outbound:
     __slots__ = ("sock", "name", "closed", "close_code", "_max_queue", "_close_timeout",
                  "_on_drop", "_lock", "_coalesce", "_send_now", "_outbox", "_outbox_bytes",
                  "_queue", "_queued", "_head_partial", "_cut_when_flushed", "_cut_timer",
-                 "_drained", "_turn")
+                 "_drained", "_turn", "_upgrade")
 
     def __init__(self, sock: Any, max_queue: int, close_timeout: float,
-                 on_drop: Callable[[str], None] = _uncounted, name: str = "") -> None:
+                 on_drop: Callable[[str], None] = _uncounted, name: str = "",
+                 upgrade: bytes = b"") -> None:
+        """:param upgrade: the HTTP 101 answer when it is not written yet: the first bytes
+            on the wire, in the same write as the frames that follow it in this turn
+            (the welcome: one send per handshake, not two)."""
         self.sock = sock
         self.name = name
         #: True once a close frame is on its way (ours or our answer): no data after it.
@@ -119,6 +123,12 @@ class Outbound:
         self._cut_timer: Any = None
         self._drained: Any = None  # set by the writer when it ends, once finish() waits
         self._turn = -1  # the flusher's turn of the last frame written straight away
+        #: The HTTP 101 while it waits in the outbox (gevent), ``None`` once written.
+        self._upgrade: Optional[bytes] = None
+        if upgrade:
+            self._offer(upgrade, True)
+            if self._outbox is not None:
+                self._upgrade = upgrade
 
     def __repr__(self) -> str:
         return f"<Outbound {self.name} queued={self._queued}>"
@@ -218,6 +228,7 @@ class Outbound:
             return
         self._outbox = None
         self._outbox_bytes = 0
+        self._upgrade = None
         self._write_now(b"".join(pending) if isinstance(pending, list) else pending)
         if self._cut_when_flushed and self._queue is None:
             self.cut()
@@ -308,14 +319,26 @@ class Outbound:
             self.close_code = code
             with self._lock:
                 idle = self._queue is None
-                self._outbox = None  # cut anyway: what has not been written is dropped
+                self._outbox = None  # cut anyway: what has not been written is dropped,
+                upgrade, self._upgrade = self._upgrade or b"", None  # but for the 101
                 self.closed = True
             if idle and code is not None:
                 try:
-                    self._send_now(frames.close_frame(code, reason))
+                    self._send_now(upgrade + frames.close_frame(code, reason))
                 except OSError:
                     pass
         self.cut()
+
+    def take_upgrade(self) -> bytes:
+        """The HTTP 101 taken back while nothing else was sent after it, for a handshake
+        that ends with a close frame written by itself (``b""`` when already written;
+        anything else waiting is written first)."""
+        upgrade = self._upgrade
+        if upgrade is not None and self._outbox is upgrade:
+            self._outbox, self._outbox_bytes, self._upgrade = None, 0, None
+            return upgrade
+        self.flush()
+        return b""
 
     def finish(self) -> None:
         """The reader has ended and the server closes the socket next: write what the

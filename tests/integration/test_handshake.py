@@ -1,13 +1,15 @@
 """Every handshake outcome, in protocol order, against a real gevent server."""
 
 import asyncio
+import socket
+import struct
 import uuid
 
 import pytest
 from servers import wait_for
 from storm import StormClient
 
-from flask_jpulse_ws.core import resume
+from flask_jpulse_ws.core import frames, resume
 from flask_jpulse_ws.testing import HandshakeRefused, WSTestClient
 
 SETTINGS = {"JPULSE_WS_DYNAMIC_GRACE": 0.3}
@@ -352,3 +354,41 @@ def test_a_failure_after_the_upgrade_ends_in_a_close_frame_not_an_http_500(serve
     assert "Invalid HTTP request line" not in log and "Error handling request" not in log
     with connect(server, "/api/1/ws/echo") as c:  # the worker serves on
         assert c.receive()["data"]["type"] == "connected"
+
+
+#: ``struct tcp_info`` (linux/tcp.h): the offset of ``tcpi_data_segs_in`` (Linux 4.6+).
+_DATA_SEGS_IN = 152
+
+
+def _data_segments_received(sock):
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, _DATA_SEGS_IN)[0]
+
+
+@pytest.mark.parametrize("path, first_frame", [("/api/1/ws/echo", frames.OP_TEXT),
+                                               ("/api/1/ws/nowhere", frames.OP_CLOSE)])
+def test_the_101_goes_out_with_the_first_frame_in_one_segment(server, path, first_frame):
+    """The HTTP 101 waits for admission and leaves in one write with the welcome (or the
+    close frame of a refusal): one send per handshake instead of two (the second one was
+    5 % of a worker's CPU in a reconnect storm). The client's kernel counts the data
+    segments it received: one."""
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+                      f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed before its answer"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101")
+        decoder = frames.FrameDecoder(1 << 20, expect_mask=False)
+        events = decoder.feed(rest)
+        while not events:
+            chunk = sock.recv(65536)
+            assert chunk, "the server closed before the first frame"
+            events = decoder.feed(chunk)
+        assert events[0][0] == first_frame
+        assert _data_segments_received(sock) == 1
