@@ -7,6 +7,7 @@ and, at the end of this file, what happens to a namespace while a handshake wait
 claim (real gunicorn, real Redis, the handshake held at the claim by cluster_app's gate).
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import redis as redis_py
@@ -107,12 +108,17 @@ def test_late_claims_take_free_ids_and_close_4409_when_another_identity_holds_on
 
 
 def held_at_the_claim(srv, path):
-    """A handshake to ``path`` that is upgraded and waits at its id claim."""
+    """A handshake to ``path`` that waits at its id claim: a future of its client. The
+    HTTP 101 leaves with the first frame after admission, so the client is made in a
+    thread and has its 101 only once the gate opens."""
     http = srv.http()
     http.post("/_test/claim-gate", {"path": path})
-    client = WSTestClient(srv.ws_url(path))
+    pool = ThreadPoolExecutor(1)
+    client = pool.submit(WSTestClient, srv.ws_url(path), timeout=20)
+    pool.shutdown(wait=False)
     wait_for(lambda: http.get("/_test/claim-gate")["waiting"] == 1, timeout=10,
              message="the handshake waiting at its claim")
+    assert not client.done()  # no 101 before admission
     return client
 
 
@@ -136,6 +142,7 @@ def test_a_room_whose_first_socket_waits_on_its_claim_is_not_evicted_at_the_cap(
     rival = WSTestClient(srv.ws_url("/api/1/ws/cluster-rooms/rival"))
     assert rival.wait_closed(timeout=10) == 4529
     http.post("/_test/claim-gate/open")
+    first = first.result(timeout=10)
     first.receive(type="connected", timeout=10)
     assert http.get(f"/_test/namespace?path={path}")["clientCount"] == 1
     http.post("/_test/broadcast", {"path": path, "data": {"type": "reached"}})
@@ -158,6 +165,6 @@ def test_a_room_removed_while_its_first_socket_waits_on_its_claim_closes_it_4404
         {"removed": False}
     assert http.post("/_test/remove", {"path": path}) == {"removed": True}
     http.post("/_test/claim-gate/open")
-    assert client.wait_closed(timeout=10) == 4404
+    assert client.result(timeout=10).wait_closed(timeout=10) == 4404
     assert http.get(f"/_test/namespace?path={path}") is None
     assert http.get("/_test/stats")["rejections"].get("4404") == 1
