@@ -11,17 +11,17 @@ share new connections). That is fine for short requests. In a reconnect storm (a
 a proxy restart, a network blip: thousands of clients back within a second) a busy
 worker's loop turn lasts milliseconds, the workers together accept a few thousand
 connections a second, and the kernel's accept queue (``--backlog``, 2048 by default)
-overflows. Linux then drops the client's handshake ACK, and each connection over the
-queue waits for a SYN-ACK retransmission: 1 s, then 3 s, then 7 s more.
+overflows. Linux then drops new SYNs and handshake ACKs, and each connection it dropped
+waits for a TCP retransmission: 1 s, 3 s or 7 s in all.
 
 This worker accepts up to :attr:`GeventWorker.accept_batch` connections per loop turn
 (gevent's own default, the one gunicorn keeps with a single worker). On this project's
-reconnect storm (10,000 sockets over 4 workers, docs/performance.md) the accept queue
-overflowed about 20,000 times per run with gunicorn's worker and about 1,000 times with
-this one, and the handshake p99 fell from 3.4-4.6 s to 2.5 s. Connections still spread
-evenly over busy workers, since each worker takes what is waiting when its turn comes; a
-worker that reaches ``--worker-connections`` stops accepting and leaves the rest to the
-others, as before.
+reconnect storm (10,000 sockets over 4 workers, docs/performance.md; three runs of each,
+alternating) the accept queue overflowed 22,600-27,000 times per run with gunicorn's
+worker and 0-830 times with this one, and the handshake p99 fell from 3.6-4.6 s to
+2.9-3.2 s. Connections still spread evenly over busy workers, since each worker takes
+what is waiting when its turn comes; a worker that reaches ``--worker-connections``
+stops accepting and leaves the rest to the others, as before.
 
 Everything else is gunicorn's gevent worker (``-k gevent``) unchanged; it needs
 gunicorn with its gevent extra (``pip install "flask-jpulse-ws[gunicorn]"``).
