@@ -50,6 +50,13 @@ import loadgen as lg  # noqa: E402
 #: ``-k gevent``. ``BENCH_WORKER_CLASS`` runs every WSGI peer on one class instead, for an
 #: A/B by hand (e.g. Flask-SocketIO on ours: ``flask_jpulse_ws.worker.GeventWorker``).
 OUR_WORKER = "flask_jpulse_ws.worker.GeventWorker"
+
+
+def worker_class(peer: str) -> str:
+    """The ``gunicorn -k`` class a WSGI peer runs on (``BENCH_WORKER_CLASS`` overrides)."""
+    return os.environ.get("BENCH_WORKER_CLASS") or PEERS[peer]["worker"]
+
+
 PEERS = {
     "jpulse": {"module": "jpulse_app:app", "label": "flask-jpulse-ws", "worker": OUR_WORKER},
     "socketio": {"module": "socketio_app:app", "label": "Flask-SocketIO", "worker": "gevent"},
@@ -251,8 +258,7 @@ class Server:
             cmd = [sys.executable, str(APPS / PEERS[peer]["script"]), "--host", "127.0.0.1",
                    "--port", str(self.port)]
         else:
-            worker = os.environ.get("BENCH_WORKER_CLASS") or PEERS[peer]["worker"]
-            cmd = [sys.executable, "-m", "gunicorn", "-k", worker, "-w", str(workers),
+            cmd = [sys.executable, "-m", "gunicorn", "-k", worker_class(peer), "-w", str(workers),
                    "--worker-connections", "20000", "-b", f"127.0.0.1:{self.port}",
                    "--chdir", str(APPS), "--timeout", "600", "--graceful-timeout", "2",
                    "--log-level", "warning", PEERS[peer]["module"]]
@@ -991,8 +997,7 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "versions": _versions(),
-        "worker_class": {p: os.environ.get("BENCH_WORKER_CLASS") or PEERS[p]["worker"]
-                         for p in peers if "worker" in PEERS[p]},
+        "worker_class": {p: worker_class(p) for p in peers if "worker" in PEERS[p]},
         "source": _source_state(),
         "loadgen": {"loop": args.loop if lg.uvloop is not None else "asyncio",
                     "client": {p: ("picows" if args.client == "auto" and p in lg.PICOWS_DIALECTS

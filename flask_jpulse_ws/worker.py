@@ -43,9 +43,7 @@ class GeventWorker(ggevent.GeventWorker):
     accept_batch = 100
 
     def run(self) -> None:
-        batch = int(self.accept_batch)
-        if batch < 1:
-            raise ValueError(f"accept_batch must be at least 1, not {batch}")
+        batch = int(self.accept_batch)  # gevent refuses one below 1 when it builds the server
 
         class BatchAcceptingServer(StreamServer):
             # gunicorn's run() builds a StreamServer and then sets ``max_accept = 1`` on

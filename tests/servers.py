@@ -85,6 +85,10 @@ class HTTP(HTTPSession):
         return "; ".join(f"{c.name}={c.value}" for c in self.jar)
 
 
+#: ``gunicorn -k`` for this package's own worker (flask_jpulse_ws/worker.py).
+OUR_WORKER = "flask_jpulse_ws.worker.GeventWorker"
+
+
 class GunicornServer:
     """``gunicorn -k gevent`` serving an app factory, configured by environment."""
 
@@ -93,8 +97,7 @@ class GunicornServer:
                  port: Optional[int] = None, chdir: Path = APPS, worker_class: str = "gevent",
                  args: Sequence[str] = ()) -> None:
         self.app = app
-        # "sync" or "gthread": what must be refused; "flask_jpulse_ws.worker.GeventWorker"
-        self.worker_class = worker_class
+        self.worker_class = worker_class  # "sync" or "gthread": what must be refused; or OUR_WORKER
         self.args = list(args)  # e.g. ["--preload"]
         self.workers = workers
         self.settings = dict(settings or {})
@@ -124,7 +127,7 @@ class GunicornServer:
         cmd = [str(BIN / "gunicorn"), "-k", self.worker_class, "-w", str(self.workers),
                "-b", f"127.0.0.1:{self.port}", "--graceful-timeout", "1", "--timeout", "60",
                "--chdir", str(self.chdir), "--log-level", "info", *self.args, self.app]
-        if self.worker_class in ("gevent", "flask_jpulse_ws.worker.GeventWorker"):
+        if self.worker_class in ("gevent", OUR_WORKER):
             cmd[5:5] = ["--worker-connections", "5000"]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,

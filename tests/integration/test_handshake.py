@@ -372,11 +372,9 @@ def test_the_101_goes_out_with_the_first_frame_in_one_segment(server, path, firs
     close frame of a refusal): one send per handshake instead of two (the second one was
     5 % of a worker's CPU in a reconnect storm). The client's kernel counts the data
     segments it received: one."""
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
-                      f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                      f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        sock.sendall(frames.upgrade_request("127.0.0.1", server.port, path,
+                                            frames.client_key()))
         data = b""
         while b"\r\n\r\n" not in data:
             chunk = sock.recv(65536)

@@ -10,13 +10,12 @@ import socket
 import time
 
 import pytest
-from servers import GunicornServer, wait_for
+from servers import OUR_WORKER, GunicornServer, wait_for
 
 from flask_jpulse_ws.testing import WSTestClient
 
 pytestmark = pytest.mark.cluster
 
-OURS = "flask_jpulse_ws.worker.GeventWorker"
 WAITING = 150  # connections queued while the workers are stopped
 
 
@@ -50,7 +49,7 @@ def _probe_many(srv, n):
     return answers
 
 
-@pytest.mark.parametrize("worker_class", ["gevent", OURS])
+@pytest.mark.parametrize("worker_class", ["gevent", OUR_WORKER])
 def test_a_worker_beside_others_accepts_what_waits_in_one_loop_turn(worker_class):
     """Each probe request takes 10 ms of CPU, sleeps 50 ms, and answers how many probes its
     worker holds. gunicorn's worker (``max_accept = 1`` with two workers) takes one
@@ -64,7 +63,7 @@ def test_a_worker_beside_others_accepts_what_waits_in_one_loop_turn(worker_class
         srv.http().get("/_test/stats")  # both processes up and serving
         answers = _probe_many(srv, WAITING)
         held = max(a["active"] for a in answers)
-        if worker_class == OURS:
+        if worker_class == OUR_WORKER:
             assert held >= 30, f"held at most {held} of {WAITING} at once"
         else:
             assert held <= 15, f"gunicorn's worker held {held} at once"
@@ -75,7 +74,7 @@ def test_a_worker_beside_others_accepts_what_waits_in_one_loop_turn(worker_class
 def test_websockets_work_on_the_worker_with_several_workers():
     """Otherwise the worker is gunicorn's gevent worker: sockets upgrade and talk on each
     of two workers, and plain HTTP is served."""
-    srv = GunicornServer(workers=2, worker_class=OURS).start()
+    srv = GunicornServer(workers=2, worker_class=OUR_WORKER).start()
     clients = []
     try:
         wait_for(lambda: len(srv.worker_pids()) == 2, message="two workers")
