@@ -579,6 +579,22 @@ def test_relay_follows_a_sentinel_failover():
             proc.stop()
 
 
+def cut_after_resyncs_only(client, timeout=5.0):
+    """Read until the connection ends; return its close code (1006: cut, no frame).
+
+    A frame may come first: the only data frame the server sends unasked to a client
+    of NS is ``_resync`` (a worker welcomes a client before its channel subscription is
+    confirmed, within FOLLOW_WAIT, and resyncs it once confirmed, which a busy CI machine
+    can push past the client's first request). Anything else fails the test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            message = client.ws.receive(timeout=max(0.0, deadline - time.monotonic()))
+        except ConnectionClosedError as closed:
+            return closed.code
+        assert message["data"]["type"] == "_resync", message
+
+
 @pytest.mark.cluster
 def test_killed_worker_clients_reconnect_and_nothing_is_delivered_twice(redis_server):
     """SIGKILL one worker: its clients reconnect to the others, each frame arrives once."""
@@ -591,8 +607,7 @@ def test_killed_worker_clients_reconnect_and_nothing_is_delivered_twice(redis_se
         survivors = [c for c in clients if c.pid != victim]
         os.kill(victim, signal.SIGKILL)
         for c in orphans:
-            with pytest.raises(ConnectionClosedError):
-                c.ws.receive(timeout=5)
+            assert cut_after_resyncs_only(c) == 1006
         # Reconnect with the same ids, as the browser client does.
         with ThreadPoolExecutor(10) as pool:
             back = list(pool.map(lambda c: _open(server, NS, client_id=c.client_id,
